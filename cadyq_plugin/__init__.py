@@ -1,0 +1,8 @@
+"""CADyQ for BasicSR: importing the package registers its archs, losses, metrics and model."""
+from cadyq_plugin import _compat
+
+_compat.apply()
+
+from cadyq_plugin import archs, losses, metrics, models  # noqa: E402,F401  (registration)
+
+__version__ = '0.1.0'

@@ -1,0 +1,39 @@
+"""What every CADyQ architecture shares: the quantization mode, the bit record of a forward pass and the
+``forward(x, return_aux)`` contract of DESIGN.md."""
+import torch.nn as nn
+
+from cadyq_plugin.quant import ActQuantFactory, BitRecord, assign_selector_indices, image_gradient_feature
+
+
+class CADyQNet(nn.Module):
+    """Base class of the ``<Backbone>_CADyQ`` archs.
+
+    Subclasses build their layers with ``self.quant`` (an :class:`ActQuantFactory`), call
+    :meth:`finish_build` at the end of ``__init__`` and implement ``forward_features(x, record)`` returning
+    ``(sr, body, feats)`` for an input in [0, 1].
+    """
+
+    def __init__(self, upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale):
+        super().__init__()
+        self.quant = ActQuantFactory(quant_mode, w_bits, a_bits, bits)
+        self.upscale = upscale
+        self.quant_mode = quant_mode
+        self.calib_iters = int(calib_iters)
+        self.grad_scale = float(grad_scale)
+        self.n_selectors = 0
+
+    def finish_build(self):
+        self.n_selectors = assign_selector_indices(self)
+
+    def forward(self, x, return_aux=False):
+        """Return the SR image; with ``return_aux`` also a dict with ``body`` (the tail's input), ``feats``
+        (block features), ``bits`` ([B, n_selectors]) and ``weighted_bits`` ([B])."""
+        feature = image_gradient_feature(x, self.grad_scale) if self.n_selectors else None
+        record = BitRecord(feature, x.shape[0])
+        sr, body, feats = self.forward_features(x, record)
+        if not return_aux:
+            return sr
+        return sr, {'body': body, 'feats': feats, 'bits': record.bits(), 'weighted_bits': record.weighted_bits()}
+
+    def forward_features(self, x, record):
+        raise NotImplementedError

@@ -1,0 +1,103 @@
+"""``basicsr convert``: original-implementation checkpoints -> the plugin's BasicSR checkpoints."""
+import os
+import re
+
+import torch
+
+from cadyq_plugin.checkpoint import CheckpointError, atomic_save, extract_state_dict, load_checkpoint
+from cadyq_plugin.convert.rules import DROP, LAYOUTS, MEAN_SHIFT
+
+
+def detect_layout(arch_name, state_dict, path):
+    """Which known layout ``state_dict`` is in, judged by a key only that layout has."""
+    if arch_name not in LAYOUTS:
+        raise CheckpointError(f'no converter for arch {arch_name!r}; known: {sorted(LAYOUTS)}')
+    for layout, (_, marker) in LAYOUTS[arch_name].items():
+        if marker in state_dict:
+            return layout
+    raise CheckpointError(f'{path!r} is not a known {arch_name} layout: none of the marker keys '
+                          f'{[m for _, m in LAYOUTS[arch_name].values()]} is present')
+
+
+def map_state_dict(state_dict, rules, net):
+    """Rename ``state_dict`` by ``rules`` for ``net``; returns (mapped dict, list of problems)."""
+    problems, mapped = [], {}
+    for key, value in state_dict.items():
+        for pattern, target in rules:
+            match = re.fullmatch(pattern, key)
+            if match is None:
+                continue
+            if target == MEAN_SHIFT:
+                problems += _check_mean_shift(key, value, net)
+            elif target != DROP:
+                mapped[match.expand(target)] = value
+            break
+        else:
+            problems.append(f'unexpected key {key} {tuple(value.shape)}')
+    return mapped, problems
+
+
+def _check_mean_shift(key, value, net):
+    """The original's frozen 1x1 mean-shift convs must hold the identity and the arch's mean (times 255)."""
+    mean = getattr(net, 'mean', None)
+    if mean is None:
+        return [f'unexpected key {key}: the target arch has no mean shift']
+    if key.endswith('weight'):
+        ok = value.shape == (3, 3, 1, 1) and torch.equal(value.flatten(1), torch.eye(3))
+        expected = 'the 3x3 identity'
+    else:
+        sign = -1.0 if key.split('.')[0] == 'sub_mean' else 1.0
+        ok = value.shape == (3,) and torch.allclose(value, sign * mean.flatten().cpu(), atol=1e-3)
+        expected = f'{(sign * mean.flatten()).tolist()}'
+    return [] if ok else [f'{key} is not the mean shift the arch uses (expected {expected}, got {value.flatten()})']
+
+
+def compare_with_net(mapped, net):
+    """List missing keys, unexpected keys and shape mismatches of ``mapped`` against ``net``."""
+    target = net.state_dict()
+    problems = [f'missing key {k} {tuple(v.shape)}' for k, v in target.items() if k not in mapped]
+    problems += [f'unexpected key {k} (after renaming)' for k in mapped if k not in target]
+    problems += [
+        f'shape of {k}: checkpoint {tuple(mapped[k].shape)}, arch {tuple(v.shape)}' for k, v in target.items()
+        if k in mapped and mapped[k].shape != v.shape
+    ]
+    return problems
+
+
+def convert_state_dict(state_dict, net, arch_name, quant_mode, scale, path='<state dict>'):
+    """Convert an original (or BasicSR) state dict for ``net``; raise :class:`CheckpointError` listing every
+    difference when it does not fit exactly."""
+    layout = detect_layout(arch_name, state_dict, path)
+    builder = LAYOUTS[arch_name][layout][0]
+    rules = builder(quant_mode, _num_blocks(net), scale)
+    mapped, problems = map_state_dict(state_dict, rules, net)
+    problems += compare_with_net(mapped, net)
+    if problems:
+        listing = '\n  '.join(problems)
+        raise CheckpointError(f'{path!r} ({layout} layout) does not fit {arch_name} quant_mode={quant_mode} '
+                              f'x{scale}:\n  {listing}')
+    return {k: mapped[k].clone() for k in net.state_dict()}, layout
+
+
+def _num_blocks(net):
+    body = getattr(net, 'body', None)
+    return len(body) if body is not None else 0
+
+
+def convert_checkpoint(src, dst, arch_name, quant_mode, scale=4, arch_kwargs=None, trusted=False, overwrite=False):
+    """Convert file ``src`` into a BasicSR checkpoint ``dst`` (weights under ``params``) and return its path.
+
+    ``dst`` is refused if it exists unless ``overwrite``; it is written atomically, and only after the
+    converted weights loaded strictly into the target arch.
+    """
+    from cadyq_plugin.archs import ARCHS
+    if arch_name not in ARCHS:
+        raise CheckpointError(f'unknown arch {arch_name!r}; known: {sorted(ARCHS)}')
+    if os.path.exists(dst) and not overwrite:
+        raise CheckpointError(f'{dst!r} exists; choose another destination or pass --overwrite')
+    state_dict = extract_state_dict(load_checkpoint(src, trusted=trusted), src)
+    net = ARCHS[arch_name](upscale=scale, quant_mode=quant_mode, **(arch_kwargs or {}))
+    converted, layout = convert_state_dict(state_dict, net, arch_name, quant_mode, scale, src)
+    net.load_state_dict(converted, strict=True)
+    atomic_save({'params': converted}, dst)
+    return layout

@@ -1,0 +1,107 @@
+"""PAMS activation quantization (SPEC §1): a learnable symmetric clipping range ``alpha`` per quantizer.
+
+The arithmetic lives in one autograd function, :func:`pams_quantize`, shared by the fixed-bit quantizer below
+and by the bit selector. It keeps the reference's operation order in the forward (``c / alpha * q``, round,
+``/ q * alpha``) and computes the PAMS gradients analytically in the backward, which saves the intermediate
+tensors autograd would keep (about half the memory and time of the composed expression).
+"""
+import torch
+import torch.nn as nn
+
+
+def levels(bits):
+    """Largest quantization level of a symmetric ``bits``-bit quantizer: 4 -> 7, 6 -> 31, 8 -> 127."""
+    return 2**(bits - 1) - 1
+
+
+class _PAMSQuantize(torch.autograd.Function):
+    """y = round(clamp(x, -a, a) / a * q) / q * a, with straight-through rounding.
+
+    ``alpha`` and ``q`` broadcast against ``x`` (scalars, or per-sample ``[B, 1, 1, 1]``).
+    Gradients (autograd on the expression with an identity round):
+      dy/dx = 1 inside (-a, a), 0 outside (always 1 without clipping);
+      dy/da = round(u) / q - x / a inside, +1 above a, -1 below -a (u = c / a * q).
+    """
+
+    @staticmethod
+    def forward(ctx, x, alpha, q, clip):
+        c = torch.clamp(x, -alpha, alpha) if clip else x
+        y = torch.round(c / alpha * q) / q * alpha
+        ctx.save_for_backward(x, alpha, q)
+        ctx.clip = clip
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, alpha, q = ctx.saved_tensors
+        clip = ctx.clip
+        grad_x = grad_alpha = None
+        if clip:
+            inside = (x >= -alpha) & (x <= alpha)
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_y * inside if clip else grad_y
+        if ctx.needs_input_grad[1]:
+            c = torch.clamp(x, -alpha, alpha) if clip else x
+            d_alpha = torch.round(c / alpha * q) / q - c / alpha
+            if clip:
+                d_alpha = torch.where(inside, d_alpha, torch.sign(x))
+            grad_alpha = _sum_to_shape(grad_y * d_alpha, alpha.shape)
+        return grad_x, grad_alpha, None, None
+
+
+def _sum_to_shape(t, shape):
+    """Reduce a broadcast gradient back to ``shape``."""
+    if t.shape == shape:
+        return t
+    dims = [i for i, (a, b) in enumerate(zip(t.shape, (1,) * (t.dim() - len(shape)) + tuple(shape))) if b == 1]
+    return t.sum(dim=dims, keepdim=True).reshape(shape)
+
+
+def pams_quantize(x, alpha, q, clip=True):
+    """PAMS quantization of ``x`` with range ``alpha`` (tensor) and ``q`` levels (tensor, same device)."""
+    return _PAMSQuantize.apply(x, alpha, q, clip)
+
+
+def batch_max_abs(x):
+    """Calibration statistic: mean over the batch of each sample's ``max |x|``."""
+    return x.detach().abs().flatten(1).max(dim=1).values.mean()
+
+
+class PAMSQuant(nn.Module):
+    """Fixed-bit PAMS activation quantizer with a learnable range ``alpha`` (init 10) and ``max_val``.
+
+    While ``calibrating`` (set by the model for the first ``calib_iters`` training iterations) it does not clip:
+    ``alpha`` is set to the batch-mean of the per-sample maximum of ``|x|`` and used as the quantization scale.
+    """
+
+    def __init__(self, bits=8, alpha_init=10.0):
+        super().__init__()
+        self.bits = bits
+        self.alpha = nn.Parameter(torch.tensor([float(alpha_init)]))
+        self.register_buffer('max_val', torch.tensor(1.0))
+        self.register_buffer('q', torch.tensor(float(levels(bits))), persistent=False)
+        self.calibrating = False
+
+    def forward(self, x, record=None):
+        calibrate = self.training and self.calibrating
+        if calibrate:
+            self.max_val.copy_(batch_max_abs(x))
+            self.alpha.data.copy_(self.max_val.reshape(1))
+        return pams_quantize(x, self.alpha, self.q, clip=not calibrate)
+
+    def bit_spec(self):
+        """How BitOPs counting sees this quantizer: a fixed bit-width."""
+        return ('fixed', self.bits)
+
+    def extra_repr(self):
+        return f'bits={self.bits}'
+
+
+class NoQuant(nn.Module):
+    """Full-precision stand-in with the quantizers' call signature (used by ``quant_mode: fp``)."""
+
+    def forward(self, x, record=None):
+        return x
+
+    def bit_spec(self):
+        return ('fp', 32)

@@ -1,0 +1,107 @@
+"""The CADyQ bit selector (SPEC §2): picks, per sample, the bit-width of one activation quantizer."""
+import torch
+import torch.nn as nn
+
+from cadyq_plugin.quant.act_quant import PAMSQuant, batch_max_abs, levels
+
+
+def check_candidate_bits(bits):
+    """Validate a candidate list: sorted, distinct integers in 2..8, at least two of them."""
+    values = list(bits) if isinstance(bits, (list, tuple)) else None
+    if (values is None or len(values) < 2 or any(isinstance(b, bool) or not isinstance(b, int) for b in values)
+            or any(not 2 <= b <= 8 for b in values) or values != sorted(set(values))):
+        raise ValueError(f'candidate bits must be a sorted list of at least 2 distinct integers in 2..8, '
+                         f'got {bits!r}')
+    return values
+
+
+class _SelectQuantize(torch.autograd.Function):
+    """Forward: each sample quantized at its chosen candidate only. Backward: the gradient of the
+    probability-weighted mixture ``sum_k p_k Q_k(x)`` (straight-through selection, SPEC §2).
+
+    Both directions share the PAMS expression of :mod:`act_quant`; the mixture is never materialised in the
+    forward, so inference and training produce bit-identical outputs and the forward costs one quantization.
+    """
+
+    @staticmethod
+    def forward(ctx, x, alphas, qs, choice, probs, clip):
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        alpha, q = alphas[choice].view(shape), qs[choice].view(shape)
+        c = torch.clamp(x, -alpha, alpha) if clip else x
+        y = torch.round(c / alpha * q) / q * alpha
+        ctx.save_for_backward(x, alphas, qs, probs)
+        ctx.clip = clip
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, alphas, qs, probs = ctx.saved_tensors
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        reduce_dims = tuple(range(1, x.dim()))
+        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        grad_alphas = torch.zeros_like(alphas)
+        grad_probs = torch.zeros_like(probs)
+        for k in range(alphas.numel()):
+            a, q, p_k = alphas[k], qs[k], probs[:, k].view(shape)
+            c = torch.clamp(x, -a, a) if ctx.clip else x
+            level = torch.round(c / a * q) / q
+            grad_probs[:, k] = (grad_y * (level * a)).sum(dim=reduce_dims)
+            d_alpha = level - c / a
+            weighted = grad_y * p_k
+            if ctx.clip:
+                inside = (x >= -a) & (x <= a)
+                d_alpha = torch.where(inside, d_alpha, torch.sign(x))
+                if grad_x is not None:
+                    grad_x += weighted * inside
+            elif grad_x is not None:
+                grad_x += weighted
+            grad_alphas[k] = (weighted * d_alpha).sum()
+        return grad_x, grad_alphas, None, None, grad_probs, None
+
+
+class BitSelector(nn.Module):
+    """Dynamic activation quantizer: one PAMS quantizer per candidate bit-width and a linear selector.
+
+    The selector sees ``concat(image feature [B, 2], std over H, W of x [B, C])`` and is initialised so that
+    every input starts at the largest candidate. ``index`` is this selector's position in forward order,
+    assigned by the architecture.
+    """
+
+    def __init__(self, channels, bits=(4, 6, 8), alpha_init=10.0):
+        super().__init__()
+        self.bits = check_candidate_bits(list(bits))
+        self.quantizers = nn.ModuleList(PAMSQuant(b, alpha_init) for b in self.bits)
+        self.fc = nn.Linear(channels + 2, len(self.bits))
+        with torch.no_grad():
+            self.fc.weight.fill_(1.0)
+            self.fc.bias.zero_()
+            self.fc.bias[-1] = 1.0
+        self.register_buffer('bit_values', torch.tensor(self.bits, dtype=torch.float32), persistent=False)
+        self.register_buffer('levels', torch.tensor([float(levels(b)) for b in self.bits]), persistent=False)
+        self.index = None
+        self.calibrating = False
+
+    def forward(self, x, record):
+        sigma = x.detach().flatten(2).std(dim=2)
+        logits = self.fc(torch.cat([record.image_feature, sigma], dim=1))
+        choice = logits.argmax(dim=1)
+        probs = torch.softmax(logits, dim=1)
+        calibrate = self.training and self.calibrating
+        if calibrate:
+            max_val = batch_max_abs(x)
+            for quantizer in self.quantizers:
+                quantizer.max_val.copy_(max_val)
+                quantizer.alpha.data.copy_(max_val.reshape(1))
+        alphas = torch.cat([quantizer.alpha for quantizer in self.quantizers])
+        y = _SelectQuantize.apply(x, alphas, self.levels, choice, probs, not calibrate)
+        expected = probs @ self.bit_values
+        chosen = self.bit_values[choice] + (expected - expected.detach())
+        record.add(self.index, chosen, expected)
+        return y
+
+    def bit_spec(self):
+        """How BitOPs counting sees this quantizer: dynamic, one column of the record's bits."""
+        return ('dynamic', self.index)
+
+    def extra_repr(self):
+        return f'bits={self.bits}, index={self.index}'

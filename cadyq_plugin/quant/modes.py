@@ -1,0 +1,72 @@
+"""Builds the quantized pieces of a network for one ``quant_mode`` (SPEC §3), so each architecture is
+written once and gets its fp / pams / cadyq variants with identical parameter names for the shared convs."""
+import torch.nn as nn
+
+from cadyq_plugin.quant.act_quant import NoQuant, PAMSQuant
+from cadyq_plugin.quant.bit_selector import BitSelector, check_candidate_bits
+from cadyq_plugin.quant.weight_quant import QConv2d
+
+QUANT_MODES = ('fp', 'pams', 'cadyq')
+
+
+class ActQuantFactory:
+    """Makes convs and activation quantizers for one quantization mode.
+
+    Args:
+        quant_mode (str): ``fp`` (nothing quantized), ``pams`` (fixed ``a_bits`` everywhere a selector would be)
+            or ``cadyq`` (bit selectors over ``bits``).
+        w_bits (int): weight bit-width of quantized convs.
+        a_bits (int): activation bit-width of the pams mode.
+        bits (list[int]): candidate bit-widths of the cadyq mode.
+    """
+
+    def __init__(self, quant_mode='cadyq', w_bits=8, a_bits=8, bits=(4, 6, 8)):
+        if quant_mode not in QUANT_MODES:
+            raise ValueError(f'quant_mode must be one of {QUANT_MODES}, got {quant_mode!r}')
+        for name, value in (('w_bits', w_bits), ('a_bits', a_bits)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 32:
+                raise ValueError(f'{name} must be an integer in 2..32, got {value!r}')
+        self.mode = quant_mode
+        self.w_bits = w_bits
+        self.a_bits = a_bits
+        self.bits = check_candidate_bits(list(bits))
+
+    @property
+    def quantized(self):
+        return self.mode != 'fp'
+
+    def dynamic(self, channels):
+        """A place where CADyQ puts a bit selector ("BS" in SPEC §3)."""
+        if self.mode == 'fp':
+            return NoQuant()
+        if self.mode == 'pams':
+            return PAMSQuant(self.a_bits)
+        return BitSelector(channels, self.bits)
+
+    def fixed(self, bits=8):
+        """A fixed-bit quantizer that stays in both quantized modes ("A8" in SPEC §3)."""
+        return NoQuant() if self.mode == 'fp' else PAMSQuant(bits)
+
+    def conv(self, in_channels, out_channels, kernel_size, feed_from=None, **kwargs):
+        """A conv that is weight-quantized in the quantized modes; ``feed_from`` is its input quantizer."""
+        if self.mode == 'fp':
+            return nn.Conv2d(in_channels, out_channels, kernel_size, **kwargs)
+        conv = QConv2d(in_channels, out_channels, kernel_size, w_bits=self.w_bits, **kwargs)
+        if feed_from is None:
+            raise ValueError('a quantized conv needs the activation quantizer that feeds it (feed_from)')
+        return conv.feed_from(feed_from)
+
+
+def assign_selector_indices(net):
+    """Number the bit selectors of ``net`` in registration order (which every arch keeps = forward order)."""
+    selectors = [m for m in net.modules() if isinstance(m, BitSelector)]
+    for index, selector in enumerate(selectors):
+        selector.index = index
+    return len(selectors)
+
+
+def set_calibration(net, on):
+    """Switch PAMS calibration (SPEC §1) on or off for every activation quantizer of ``net``."""
+    for module in net.modules():
+        if isinstance(module, (PAMSQuant, BitSelector)):
+            module.calibrating = bool(on)

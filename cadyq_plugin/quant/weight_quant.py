@@ -1,0 +1,39 @@
+"""Per-tensor symmetric weight quantization and the convolution that uses it (SPEC §1)."""
+import torch.nn as nn
+
+from cadyq_plugin.quant.ste import ste_round
+
+
+def quantize_weight(weight, bits):
+    """Quantize ``weight`` to ``bits`` with a per-tensor scale ``max|W| + 1e-8``, recomputed every call.
+
+    The operation order (``W * q / m`` then ``* m / q``) is the reference's: rounding is discontinuous, so a
+    reordered formula would move values across rounding boundaries.
+    """
+    q = 2**(bits - 1) - 1
+    m = weight.detach().abs().max() + 1e-8
+    return ste_round(weight * q / m) * m / q
+
+
+class QConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose weight is quantized on the fly; the bias stays full precision.
+
+    Parameter names are those of ``nn.Conv2d``, so FP checkpoints load into it unchanged. ``input_quantizer``
+    names the activation quantizer that feeds this conv; the BitOPs counter reads its bit-width from there.
+    """
+
+    def __init__(self, *args, w_bits=8, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.w_bits = w_bits
+        object.__setattr__(self, 'input_quantizer', None)  # a reference, not a submodule
+
+    def feed_from(self, quantizer):
+        """Record which activation quantizer produces this conv's input (used for BitOPs)."""
+        object.__setattr__(self, 'input_quantizer', quantizer)
+        return self
+
+    def forward(self, x):
+        return self._conv_forward(x, quantize_weight(self.weight, self.w_bits), self.bias)
+
+    def extra_repr(self):
+        return f'{super().extra_repr()}, w_bits={self.w_bits}'
