@@ -1,0 +1,80 @@
+"""Pack a folder of images into an LMDB that BasicSR's ``io_backend: {type: lmdb}`` reads.
+
+The writing itself is BasicSR's ``make_lmdb_from_imgs`` (keys = base names, PNG-encoded values,
+``meta_info.txt`` with ``<key>.png (h,w,c) <compress_level>`` lines). Around it this module adds what that
+function lacks: it never exits the process, never writes over an existing LMDB (see
+:mod:`cadyq_plugin.data.outputs`), and sizes the memory map from the images' real dimensions instead of from
+the first image only, which under-estimates small or mixed sets.
+"""
+import logging
+from pathlib import Path
+from typing import Iterable, Optional
+
+import cadyq_plugin  # noqa: F401  (compat shim before basicsr)
+from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+from cadyq_plugin.data.image_io import PathLike, image_size, list_images
+from cadyq_plugin.data.outputs import check_partial_choice, staged_output
+
+logger = logging.getLogger(__name__)
+
+_META = 'meta_info.txt'
+
+
+def _encoded_bound(path: Path) -> int:
+    """Upper bound of one image PNG-encoded by BasicSR, from its header only.
+
+    OpenCV decodes these formats to at most 4 channels of 16 bits, and deflate grows incompressible data by a
+    few bytes per block, plus one filter byte per row.
+    """
+    height, width = image_size(path)
+    raw = height * (width * 8 + 1)
+    return raw + raw // 1000 + 4096
+
+
+def lmdb_map_size(paths: Iterable[Path], extra: int = 64 << 20) -> int:
+    """LMDB map size that is sure to hold ``paths`` PNG-encoded at any compression level.
+
+    A guaranteed bound rather than an estimate (BasicSR extrapolates from the first image); on Linux the map is
+    reserved address space, not disk, so the headroom costs nothing.
+    """
+    return sum(_encoded_bound(p) for p in paths) + extra
+
+
+def make_lmdb(folder: PathLike, lmdb_path: PathLike, compress_level: int = 1, batch: int = 5000,
+              overwrite: bool = False, partial: Optional[str] = None) -> Path:
+    """Write every image of ``folder`` into ``lmdb_path`` (must end in ``.lmdb``), keyed by base name.
+
+    Args:
+        compress_level: PNG compression of the stored values (BasicSR's default 1: fast to decode).
+        batch: Images per LMDB transaction.
+        overwrite: Move an existing ``lmdb_path`` aside and rebuild it (otherwise :class:`FileExistsError`).
+        partial: For a half-written ``<lmdb_path>.partial``: ``'resume'`` and ``'redo'`` both rebuild it (BasicSR's
+            writer cannot append); ``None`` raises :class:`PartialOutputError`.
+
+    Returns:
+        The LMDB path.
+    """
+    check_partial_choice(partial)
+    lmdb_path = Path(lmdb_path)
+    if lmdb_path.suffix != '.lmdb':
+        raise ValueError(f"{lmdb_path}: an LMDB path must end in '.lmdb' (BasicSR's convention)")
+    paths = list_images(folder)
+    keys = [p.stem for p in paths]
+    for path, key in zip(paths, keys):
+        if not key.isascii():
+            raise ValueError(f'{path}: LMDB keys are ASCII base names; rename the file')
+    if partial == 'resume':
+        logger.info('%s: an LMDB cannot be resumed, it is rebuilt from %s', lmdb_path, folder)
+        partial = 'redo'
+    map_size = lmdb_map_size(paths)
+    with staged_output(lmdb_path, overwrite, partial) as staging:
+        inner = staging / lmdb_path.name
+        make_lmdb_from_imgs(str(folder), str(inner), [p.name for p in paths], keys, batch=batch,
+                            compress_level=compress_level, multiprocessing_read=False, map_size=map_size)
+        lines = (inner / _META).read_text().splitlines()
+        if len(lines) != len(paths):
+            raise RuntimeError(f'{inner / _META}: {len(lines)} entries written for {len(paths)} images')
+        for item in inner.iterdir():
+            item.rename(staging / item.name)
+        inner.rmdir()
+    return lmdb_path

@@ -1,0 +1,189 @@
+"""CADyQModel: BasicSR's SRModel with a frozen teacher, distillation, bit loss and BitOPs/FAB validation."""
+from collections import OrderedDict
+from os import path as osp
+
+import torch
+from basicsr.archs import build_network
+from basicsr.losses import build_loss
+from basicsr.metrics import calculate_metric
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils.registry import MODEL_REGISTRY
+from tqdm import tqdm
+
+from cadyq_plugin.checkpoint import extract_state_dict, load_checkpoint
+from cadyq_plugin.metrics import MACCounter
+from cadyq_plugin.models.stage_loading import load_stage_weights
+from cadyq_plugin.quant import BitSelector, PAMSQuant, set_calibration
+
+
+@MODEL_REGISTRY.register()
+class CADyQModel(SRModel):
+    """Stages 2 (PAMS W8A8, FP teacher, no bit loss) and 3 (CADyQ, PAMS teacher, bit loss) of SPEC §4.
+
+    Options beyond SRModel's: ``network_t`` + ``path.pretrain_network_t`` (frozen teacher, always in eval
+    mode), ``train.kd_opt`` (ATLoss), ``train.bit_opt`` (BitLoss), ``train.optim_alpha`` (PAMS ranges, a
+    second param group of the weight optimizer) and ``train.optim_selector`` (a separate optimizer).
+    """
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        bare = self.get_bare_model(self.net_g)
+        self.mac_counter = MACCounter(bare)
+        self.net_t = None
+        if opt.get('network_t') is not None:
+            self.net_t = self._build_teacher(opt)
+
+    # ----------------------------------------------------------------- networks
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        """Stage-aware strict loading (see :mod:`stage_loading`); ``weights_only`` always."""
+        net = self.get_bare_model(net)
+        state_dict = extract_state_dict(load_checkpoint(load_path), load_path, keys=(param_key, 'params'))
+        initial = load_stage_weights(net, state_dict, f'checkpoint {load_path!r}')
+        logger = get_root_logger()
+        logger.info(f'Loaded {type(net).__name__} from {load_path} [{param_key}]'
+                    + (f'; {len(initial)} quantizer entries start from their initial values' if initial else ''))
+
+    def _build_teacher(self, opt):
+        student_opt, teacher_opt = opt['network_g'], opt['network_t']
+        for key in ('type', 'upscale'):
+            if student_opt.get(key) != teacher_opt.get(key):
+                raise ValueError(f'network_t.{key} is {teacher_opt.get(key)!r} but network_g.{key} is '
+                                 f'{student_opt.get(key)!r}: the teacher must be the same backbone and scale')
+        load_path = opt['path'].get('pretrain_network_t')
+        if load_path is None:
+            raise ValueError('network_t is set but path.pretrain_network_t is missing: the teacher needs weights')
+        net_t = build_network(teacher_opt).to(self.device)
+        self.load_network(net_t, load_path, True, opt['path'].get('param_key_t', 'params'))
+        net_t.eval()
+        for param in net_t.parameters():
+            param.requires_grad_(False)
+        return net_t
+
+    # ----------------------------------------------------------------- training
+    def init_training_settings(self):
+        train_opt = self.opt['train']
+        self.cri_kd = build_loss(train_opt['kd_opt']).to(self.device) if train_opt.get('kd_opt') else None
+        self.cri_bit = build_loss(train_opt['bit_opt']).to(self.device) if train_opt.get('bit_opt') else None
+        super().init_training_settings()
+
+    def parameter_groups(self):
+        """Split the student's parameters into weights, PAMS ranges (alphas) and selector parameters."""
+        net = self.get_bare_model(self.net_g)
+        alphas, selectors = [], []
+        for module in net.modules():
+            if isinstance(module, PAMSQuant):
+                alphas.append(module.alpha)
+            elif isinstance(module, BitSelector):
+                selectors += list(module.fc.parameters())
+        special = {id(p) for p in alphas + selectors}
+        weights = [p for p in net.parameters() if id(p) not in special and p.requires_grad]
+        return weights, alphas, selectors
+
+    def setup_optimizers(self):
+        train_opt = self.opt['train']
+        weights, alphas, selectors = self.parameter_groups()
+        optim_g = dict(train_opt['optim_g'])
+        optim_type = optim_g.pop('type')
+        groups = [{'params': weights, **optim_g}]
+        if alphas:
+            groups.append({'params': alphas, **{k: v for k, v in train_opt.get('optim_alpha', {}).items()
+                                                if k != 'type'}})
+        self.optimizer_g = _make_optimizer(optim_type, groups)
+        self.optimizers.append(self.optimizer_g)
+        self.optimizer_s = None
+        if selectors:
+            optim_s = dict(train_opt.get('optim_selector') or train_opt['optim_g'])
+            self.optimizer_s = _make_optimizer(optim_s.pop('type'), [{'params': selectors, **optim_s}])
+            self.optimizers.append(self.optimizer_s)
+
+    def optimize_parameters(self, current_iter):
+        net = self.get_bare_model(self.net_g)
+        set_calibration(net, current_iter <= net.calib_iters)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        self.output, aux = self.net_g(self.lq, return_aux=True)
+
+        loss_dict = OrderedDict()
+        l_total = 0
+        if self.cri_pix:
+            loss_dict['l_pix'] = self.cri_pix(self.output, self.gt)
+            l_total = l_total + loss_dict['l_pix']
+        if self.cri_kd and self.net_t is not None:
+            with torch.no_grad():
+                _, aux_t = self.net_t(self.lq, return_aux=True)
+            loss_dict['l_kd'] = self.cri_kd(aux['body'], aux_t['body'], aux['feats'], aux_t['feats'])
+            l_total = l_total + loss_dict['l_kd']
+        if self.cri_bit and aux['bits'].shape[1]:
+            loss_dict['l_bit'] = self.cri_bit(aux['weighted_bits'], current_iter)
+            l_total = l_total + loss_dict['l_bit']
+        l_total.backward()
+        for optimizer in self.optimizers:
+            optimizer.step()
+        if aux['bits'].shape[1]:
+            loss_dict['avg_bit'] = aux['bits'].detach().mean()
+        self.log_dict = self.reduce_loss_dict({k: v.detach() for k, v in loss_dict.items()})
+
+    # ----------------------------------------------------------------- inference
+    def test(self):
+        """Image-wise inference of ``self.lq``: sets ``self.output`` and ``self.forwards`` (one per image)."""
+        net = self.get_bare_model(self.net_g)
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            self.output, aux = net(self.lq, return_aux=True)
+        net.train(was_training)
+        layers = self.mac_counter(self.lq.shape[2], self.lq.shape[3])
+        self.forwards = [{'layers': layers, 'bits': bits} for bits in aux['bits'].cpu()]
+
+    def static_bits(self):
+        """FAB of a pams network (every selector place at ``a_bits``); None otherwise."""
+        net = self.get_bare_model(self.net_g)
+        return net.quant.a_bits if getattr(net, 'quant_mode', None) == 'pams' else None
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        dataset_name = dataloader.dataset.opt['name']
+        metrics_opt = self.opt['val'].get('metrics') or {}
+        if metrics_opt:
+            self._initialize_best_metric_results(dataset_name)
+        self.metric_results = {name: 0.0 for name in metrics_opt}
+        pbar = tqdm(total=len(dataloader), unit='image') if self.opt['val'].get('pbar', False) else None
+        count = 0
+        for val_data in dataloader:
+            img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
+            self.feed_data(val_data)
+            self.test()
+            sr_img = tensor2img([self.output.detach().cpu()])
+            metric_data = {'img': sr_img, 'forwards': self.forwards, 'static_bits': self.static_bits()}
+            if hasattr(self, 'gt'):
+                metric_data['img2'] = tensor2img([self.gt.detach().cpu()])
+                del self.gt
+            del self.lq, self.output
+            if save_img:
+                imwrite(sr_img, self._visualization_path(dataset_name, img_name, current_iter))
+            for name, metric_opt in metrics_opt.items():
+                self.metric_results[name] += calculate_metric(metric_data, metric_opt)
+            count += 1
+            if pbar:
+                pbar.update(1)
+                pbar.set_description(f'Test {img_name}')
+        if pbar:
+            pbar.close()
+        if metrics_opt and count:
+            for name in self.metric_results:
+                self.metric_results[name] /= count
+                self._update_best_metric_result(dataset_name, name, self.metric_results[name], current_iter)
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+
+    def _visualization_path(self, dataset_name, img_name, current_iter):
+        if self.opt['is_train']:
+            return osp.join(self.opt['path']['visualization'], img_name, f'{img_name}_{current_iter}.png')
+        suffix = self.opt['val'].get('suffix') or self.opt['name']
+        return osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
+
+
+def _make_optimizer(optim_type, groups):
+    optim_cls = getattr(torch.optim, optim_type, None)
+    if optim_cls is None or not isinstance(optim_cls, type):
+        raise ValueError(f'unknown optimizer type {optim_type!r}; use a torch.optim class name such as Adam')
+    return optim_cls(groups)
