@@ -95,9 +95,9 @@ class IDN_CADyQ(CADyQNet):
                  calib_iters=1000,
                  grad_scale=1e3):
         super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale)
-        if num_feat % s or num_feat - num_feat // s != num_feat - d or (num_feat - 2 * d) % groups:
-            raise ValueError(f'IDN needs num_feat / s == d and grouped channels divisible by groups, got '
-                             f'num_feat={num_feat}, d={d}, s={s}, groups={groups}')
+        if num_feat % s or num_feat // s != d:
+            raise ValueError(f'IDN needs num_feat / s == d (the kept slice fills the bottom unit\'s extra d '
+                             f'channels), got num_feat={num_feat}, d={d}, s={s}')
         self.img_range = img_range
         self.fblock = FBlock(self.quant, num_in_ch, num_feat, slope)
         self.body = nn.ModuleList(DBlock(self.quant, num_feat, d, s, groups, slope) for _ in range(num_block))

@@ -143,13 +143,20 @@ class CADyQModel(SRModel):
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
         dataset_name = dataloader.dataset.opt['name']
+        rows = self.evaluate_images(dataloader, dataset_name, current_iter, save_img)
+        self.finish_validation(dataset_name, rows, current_iter, tb_logger)
+
+    def evaluate_images(self, samples, dataset_name, current_iter, save_img):
+        """Run inference and the metrics on every sample; one row (``name`` + each metric) per image.
+
+        ``samples`` is any iterable of BasicSR validation batches of one image (a dataloader, or one rank's
+        share of it in distributed validation).
+        """
         metrics_opt = self.opt['val'].get('metrics') or {}
-        if metrics_opt:
-            self._initialize_best_metric_results(dataset_name)
-        self.metric_results = {name: 0.0 for name in metrics_opt}
-        pbar = tqdm(total=len(dataloader), unit='image') if self.opt['val'].get('pbar', False) else None
-        count = 0
-        for val_data in dataloader:
+        use_pbar = self.opt['val'].get('pbar', False)
+        pbar = tqdm(total=len(samples), unit='image') if use_pbar and hasattr(samples, '__len__') else None
+        rows = []
+        for val_data in samples:
             img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
             self.feed_data(val_data)
             self.test()
@@ -161,19 +168,26 @@ class CADyQModel(SRModel):
             del self.lq, self.output
             if save_img:
                 imwrite(sr_img, self._visualization_path(dataset_name, img_name, current_iter))
-            for name, metric_opt in metrics_opt.items():
-                self.metric_results[name] += calculate_metric(metric_data, metric_opt)
-            count += 1
+            row = {'name': img_name}
+            row.update({name: float(calculate_metric(metric_data, opt_)) for name, opt_ in metrics_opt.items()})
+            rows.append(row)
             if pbar:
                 pbar.update(1)
                 pbar.set_description(f'Test {img_name}')
         if pbar:
             pbar.close()
-        if metrics_opt and count:
-            for name in self.metric_results:
-                self.metric_results[name] /= count
-                self._update_best_metric_result(dataset_name, name, self.metric_results[name], current_iter)
-            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        return rows
+
+    def finish_validation(self, dataset_name, rows, current_iter, tb_logger):
+        """Average the per-image rows, update best-metric records and log (rank 0 only in distributed runs)."""
+        metrics_opt = self.opt['val'].get('metrics') or {}
+        if not metrics_opt or not rows:
+            return
+        self._initialize_best_metric_results(dataset_name)
+        self.metric_results = {name: sum(row[name] for row in rows) / len(rows) for name in metrics_opt}
+        for name, value in self.metric_results.items():
+            self._update_best_metric_result(dataset_name, name, value, current_iter)
+        self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
 
     def _visualization_path(self, dataset_name, img_name, current_iter):
         if self.opt['is_train']:
