@@ -5,7 +5,7 @@ import re
 import torch
 
 from cadyq_plugin.checkpoint import CheckpointError, atomic_save, extract_state_dict, load_checkpoint
-from cadyq_plugin.convert.rules import DROP, LAYOUTS, MEAN_SHIFT
+from cadyq_plugin.convert.rules import DROP, LAYOUTS, MEAN_SHIFT, ZeroBias
 
 
 def detect_layout(arch_name, state_dict, path):
@@ -29,6 +29,10 @@ def map_state_dict(state_dict, rules, net):
                 continue
             if target == MEAN_SHIFT:
                 problems += _check_mean_shift(key, value, net)
+            elif isinstance(target, ZeroBias):
+                name = match.expand(target)
+                mapped[name] = value
+                mapped[name[:-len('weight')] + 'bias'] = value.new_zeros(value.shape[0])
             elif target != DROP:
                 mapped[match.expand(target)] = value
             break
@@ -38,7 +42,8 @@ def map_state_dict(state_dict, rules, net):
 
 
 def _check_mean_shift(key, value, net):
-    """The original's frozen 1x1 mean-shift convs must hold the identity and the arch's mean (times 255)."""
+    """The original's frozen 1x1 mean-shift convs must hold the identity and the mean the arch subtracts
+    (``net.mean``, on the arch's working scale: x255 for EDSR, x1 for CARN, which works on [0, 1])."""
     mean = getattr(net, 'mean', None)
     if mean is None:
         return [f'unexpected key {key}: the target arch has no mean shift']
@@ -64,6 +69,22 @@ def compare_with_net(mapped, net):
     return problems
 
 
+def _check_shared(mapped, net):
+    """A module the arch shares (SRResNet's single PReLU) appears under several keys: they must agree, or a
+    load would silently keep whichever came last."""
+    groups = {}
+    for name, tensor in list(net.named_parameters(remove_duplicate=False)) + list(
+            net.named_buffers(remove_duplicate=False)):
+        groups.setdefault(id(tensor), []).append(name)
+    problems = []
+    for names in groups.values():
+        present = [n for n in names if n in mapped]
+        if any(mapped[n].shape != mapped[present[0]].shape or not torch.equal(mapped[n], mapped[present[0]])
+               for n in present[1:]):
+            problems.append(f'{present} are one shared tensor in the arch but differ in the checkpoint')
+    return problems
+
+
 def convert_state_dict(state_dict, net, arch_name, quant_mode, scale, path='<state dict>'):
     """Convert an original (or BasicSR) state dict for ``net``; raise :class:`CheckpointError` listing every
     difference when it does not fit exactly."""
@@ -72,6 +93,7 @@ def convert_state_dict(state_dict, net, arch_name, quant_mode, scale, path='<sta
     rules = builder(quant_mode, _num_blocks(net), scale)
     mapped, problems = map_state_dict(state_dict, rules, net)
     problems += compare_with_net(mapped, net)
+    problems += _check_shared(mapped, net)
     if problems:
         listing = '\n  '.join(problems)
         raise CheckpointError(f'{path!r} ({layout} layout) does not fit {arch_name} quant_mode={quant_mode} '

@@ -13,7 +13,7 @@ from typing import Iterable, Optional
 import cadyq_plugin  # noqa: F401  (compat shim before basicsr)
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from cadyq_plugin.data.image_io import PathLike, image_size, list_images
-from cadyq_plugin.data.outputs import check_partial_choice, staged_output
+from cadyq_plugin.data.outputs import check_partial_choice, partial_path, staged_output
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def make_lmdb(folder: PathLike, lmdb_path: PathLike, compress_level: int = 1, ba
         if not key.isascii():
             raise ValueError(f'{path}: LMDB keys are ASCII base names; rename the file')
     if partial == 'resume':
-        logger.info('%s: an LMDB cannot be resumed, it is rebuilt from %s', lmdb_path, folder)
+        if partial_path(lmdb_path).exists():
+            logger.info('%s: an LMDB cannot be resumed, it is rebuilt from %s', lmdb_path, folder)
         partial = 'redo'
     map_size = lmdb_map_size(paths)
     with staged_output(lmdb_path, overwrite, partial) as staging:

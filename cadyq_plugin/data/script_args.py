@@ -1,0 +1,49 @@
+"""Shared command-line pieces of the ``scripts/prepare_*.py`` entry points, so the scripts hold no logic."""
+import argparse
+import logging
+from typing import Callable, Dict, Optional, Sequence
+
+from cadyq_plugin.data.image_io import ImageReadError
+from cadyq_plugin.data.outputs import PartialOutputError
+
+USER_ERRORS = (FileExistsError, FileNotFoundError, PartialOutputError, ImageReadError, ValueError)
+
+
+def add_common_args(parser: argparse.ArgumentParser, scale: bool = True) -> None:
+    """``--root``, ``--scale``, ``--overwrite`` and the mutually exclusive ``--resume`` / ``--redo``."""
+    parser.add_argument('--root', default='datasets', help='output root (default: datasets)')
+    if scale:
+        parser.add_argument('--scale', type=int, default=4, help='SR scale (default: 4)')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='rebuild outputs that already exist, moving the old ones aside to *.bak-<time>')
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument('--resume', dest='partial', action='store_const', const='resume',
+                       help='continue outputs left half-written (*.partial) by an interrupted run')
+    group.add_argument('--redo', dest='partial', action='store_const', const='redo',
+                       help='delete outputs left half-written (*.partial) by an interrupted run and start over')
+
+
+def parse_mapping(items: Optional[Sequence[str]], what: str, key_type: Callable = str) -> Dict:
+    """Turn ``['Set5=/data/Set5', ...]`` into ``{'Set5': '/data/Set5'}``; ``what`` names the option in errors."""
+    mapping = {}
+    for item in items or []:
+        key, sep, value = item.partition('=')
+        if not sep or not key or not value:
+            raise ValueError(f'{what}: expected KEY=PATH, got {item!r}')
+        try:
+            mapping[key_type(key)] = value
+        except ValueError as err:
+            raise ValueError(f'{what}: bad key in {item!r} ({err})') from err
+    return mapping
+
+
+def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], object],
+        argv: Optional[Sequence[str]] = None) -> None:
+    """Parse arguments, log at INFO and run ``main``; user mistakes end in one clear line, not a traceback."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
+    try:
+        result = main(args)
+    except USER_ERRORS as err:
+        parser.exit(2, f'{parser.prog}: error: {err}\n')
+    logging.getLogger(parser.prog).info('done: %s', result)
