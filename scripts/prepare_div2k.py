@@ -1,4 +1,6 @@
-"""Prepare DIV2K training LMDBs: ``python scripts/prepare_div2k.py --hr DIV2K_train_HR [--lr 4=DIV2K_train_LR_bicubic/X4]``.
+"""Prepare DIV2K training LMDBs from DIV2K_train_HR (and optionally its downloaded bicubic LR).
+
+``python scripts/prepare_div2k.py --hr DIV2K_train_HR [--lr 4=DIV2K_train_LR_bicubic/X4] [--scales 2 3 4]``
 
 Layout and choices: ``cadyq_plugin/data/div2k.py``.
 """

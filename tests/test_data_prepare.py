@@ -17,12 +17,12 @@ from cadyq_plugin.data import folder_steps, lmdb_writer
 from cadyq_plugin.data.benchmark_sets import prepare_benchmark
 from cadyq_plugin.data.div2k import prepare_div2k
 from cadyq_plugin.data.div8k import prepare_div8k
+from cadyq_plugin.data.folder_steps import make_lr
 from cadyq_plugin.data.image_io import ImageReadError, read_image
 from cadyq_plugin.data.lmdb_writer import make_lmdb
 from cadyq_plugin.data.outputs import PartialOutputError
 from cadyq_plugin.data.quickstart_data import build_quickstart_data
 from cadyq_plugin.data.subimages import crop_positions, extract_subimages
-from cadyq_plugin.data.folder_steps import make_lr
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,7 @@ def test_unreadable_files_name_the_file(tmp_path, photos):
     for name in ('garbage.png', 'cut.png', 'missing.png'):
         with pytest.raises(ImageReadError, match=name):
             read_image(tmp_path / name)
-    with pytest.raises(ImageReadError, match='garbage.png'):
+    with pytest.raises(ImageReadError, match='cut.png'):  # the first bad file, in name order
         make_lr(tmp_path, tmp_path / 'lr', 4)
 
 
@@ -177,6 +177,12 @@ def test_existing_output_refused_and_left_intact(tmp_path, photos):
     with pytest.raises(FileExistsError):
         make_lr(sub, user_lr, 4)
     assert [p.name for p in user_lr.iterdir()] == ['mine.png']
+    # A half-written rebuild blocks even overwrite, before anything is moved.
+    (tmp_path / 'a.lmdb.partial').mkdir()
+    with pytest.raises(PartialOutputError):
+        make_lmdb(sub, tmp_path / 'a.lmdb', overwrite=True)
+    assert _snapshot(tmp_path / 'a.lmdb') == before and not list(tmp_path.glob('a.lmdb.bak-*'))
+    (tmp_path / 'a.lmdb.partial').rmdir()
     # overwrite: the old output is moved aside, byte for byte, never deleted.
     make_lmdb(sub, tmp_path / 'a.lmdb', overwrite=True)
     backups = list(tmp_path.glob('a.lmdb.bak-*'))
@@ -228,7 +234,8 @@ def test_interrupted_folder_step_resume_and_redo(tmp_path, monkeypatch, photos):
     assert len(calls) == 5 and not (tmp_path / 'lr2.partial').exists()
 
 
-def test_interrupted_lmdb_is_detected_and_rebuilt(tmp_path, monkeypatch, photos):
+@pytest.mark.parametrize('partial', ['resume', 'redo'])
+def test_interrupted_lmdb_is_detected_and_rebuilt(tmp_path, monkeypatch, photos, partial):
     sub = _folder(tmp_path, 'sub', {f'{i}.png': photos['chelsea'][i:i + 40, :50] for i in range(4)})
     real = lmdb_writer.make_lmdb_from_imgs
 
@@ -236,16 +243,17 @@ def test_interrupted_lmdb_is_detected_and_rebuilt(tmp_path, monkeypatch, photos)
         real(data_path, lmdb_path, img_path_list[:2], keys[:2], **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lmdb_writer, 'make_lmdb_from_imgs', crash)
-    with pytest.raises(KeyboardInterrupt):
-        make_lmdb(sub, tmp_path / 'x.lmdb')
-    monkeypatch.setattr(lmdb_writer, 'make_lmdb_from_imgs', real)
+    with monkeypatch.context() as m:
+        m.setattr(lmdb_writer, 'make_lmdb_from_imgs', crash)
+        with pytest.raises(KeyboardInterrupt):
+            make_lmdb(sub, tmp_path / 'x.lmdb')
     assert not (tmp_path / 'x.lmdb').exists() and (tmp_path / 'x.lmdb.partial').exists()
     with pytest.raises(PartialOutputError, match='x.lmdb.partial'):
         make_lmdb(sub, tmp_path / 'x.lmdb')
-    for partial, target in (('resume', 'x.lmdb'), ):
-        make_lmdb(sub, tmp_path / target, partial=partial)
-    assert sorted(_lmdb_items(tmp_path / 'x.lmdb')) == ['0', '1', '2', '3']
+    make_lmdb(sub, tmp_path / 'x.lmdb', partial=partial)
+    items = _lmdb_items(tmp_path / 'x.lmdb')
+    assert sorted(items) == ['0', '1', '2', '3']
+    assert all(np.array_equal(items[k], _load(sub / f'{k}.png')) for k in items)
     assert len((tmp_path / 'x.lmdb' / 'meta_info.txt').read_text().splitlines()) == 4
     assert not (tmp_path / 'x.lmdb.partial').exists()
 
@@ -258,8 +266,7 @@ def test_div8k_test_sets_use_documented_factors(tmp_path, photos):
     div8k = _folder(tmp_path, 'DIV8K', {'1100.png': big, '1201.png': big, '1202.png': big[:90],
                                         '1301.png': big, '1401.png': big})
     out = prepare_div8k(div8k, tmp_path / 'datasets', scale=4)
-    for name, factor in (('Test2K', 4), ('Test4K', 2), ('Test8K', 1)):
-        first = {'Test2K': '1201', 'Test4K': '1301', 'Test8K': '1401'}[name]
+    for name, first, factor in (('Test2K', '1201', 4), ('Test4K', '1301', 2), ('Test8K', '1401', 1)):
         hr = big if factor == 1 else _expected_lr(big, factor)
         hr = hr[:hr.shape[0] // 4 * 4, :hr.shape[1] // 4 * 4]
         assert out[name]['hr'] == tmp_path / 'datasets' / name / 'HR'

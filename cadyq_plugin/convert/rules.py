@@ -7,6 +7,8 @@ dropped). The first matching rule wins; a key no rule matches makes the conversi
 """
 import re
 
+from cadyq_plugin.checkpoint import CheckpointError
+
 DROP = 'drop'
 MEAN_SHIFT = 'mean_shift'
 
@@ -61,7 +63,7 @@ def edsr_rules(quant_mode, num_block, scale):
 def basicsr_edsr_rules(quant_mode, num_block, scale):
     """BasicSR's own ``EDSR`` (e.g. EDSR_Mx4_f64b16) -> EDSR_CADyQ fp: the names are already the same."""
     if quant_mode != 'fp':
-        raise ValueError('a BasicSR EDSR checkpoint is a full-precision model: convert it with --quant-mode fp, '
+        raise CheckpointError('a BasicSR EDSR checkpoint is a full-precision model: convert it with --quant-mode fp, '
                          'then train the pams stage from it')
     return [(r'^(.*)$', r'\1')]
 
@@ -95,7 +97,8 @@ def carn_rules(quant_mode, num_block, scale, num_res_block=3):
                 rules += [
                     (rf'{src}\.body\.0\.(alpha|max_val)$', rf'{dst}.quant_in.\1'),
                     (rf'{src}\.body\.3\.(alpha|max_val)$', rf'{dst}.quant_mid.\1'),
-                    # built by the original's PAMS residual block but never called (its skip is full precision)
+                    # the same modules as body.0 / body.3: the original registers each quantizer twice (as an
+                    # attribute and inside its Sequential), so its state dict holds every value twice
                     (rf'{src}\.quant_act[12]\.(alpha|max_val)$', DROP),
                 ]
             else:
@@ -122,8 +125,8 @@ def idn_rules(quant_mode, num_block, scale):
         (r'^fblock\.module\.1\.(weight|bias)$', r'fblock.conv1.\1'),
         (r'^fblock\.module\.3\.(alpha|max_val)$', r'fblock.quant2.\1'),
         (r'^fblock\.module\.4\.(weight|bias)$', r'fblock.conv2.\1'),
-        # built by the original FBlock / PAMS DBlock but never called: the forward runs the Sequentials only,
-        # whose own quantizers (module.0/3, enhancement_*.0/3/6) are the ones used
+        # second names of module.0 / module.3 and of the PAMS enhancement_top/bottom.0/3/6: the original registers
+        # each quantizer twice (as an attribute and inside its Sequential), so its state dict holds every value twice
         (r'^fblock\.quant_actf[12]\.(alpha|max_val)$', DROP),
         (r'^dblocks\.\d+\.quant_act[1-6]\.(alpha|max_val)$', DROP),
     ]
@@ -137,13 +140,13 @@ def idn_rules(quant_mode, num_block, scale):
 
 
 def srresnet_rules(quant_mode, num_block, scale):
-    """PAMS / CADyQ SRResNet -> SRResNet_CADyQ (``head.0``/``head.1`` -> ``conv_first``/``act``,
+    """The original FP / PAMS / CADyQ SRResNet -> SRResNet_CADyQ (``head.0``/``head.1`` -> ``conv_first``/``act``,
     ``body.<n>``/``body.<n+1>`` -> ``conv_after_body``/``bn_after_body``, ``tail`` -> ``upsample``/``conv_last``).
 
     The original FP model's block convs have no bias (its quantized ones do): they get zero biases here.
     """
     rules = [
-        # built by the original but never called: SRResNet works on 0..255 without mean shift
+        # built by the original but never called (its forward has them commented out): no mean shift
         (r'^(sub_mean|add_mean)\.(weight|bias)$', DROP),
         (r'^head\.0\.weight$', 'conv_first.weight'),
         (r'^head\.1\.weight$', 'act.weight'),  # the shared PReLU, also stored as body.<i>.act.weight

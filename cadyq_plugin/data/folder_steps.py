@@ -54,8 +54,11 @@ def make_lr(hr_folder: PathLike, lr_folder: PathLike, scale: int, name_tmpl: str
             '{}'``), ``'{}x4'`` for DIV2K's own naming (``0001x4.png``, ``filename_tmpl: '{}x4'``).
         **safety: ``overwrite`` / ``partial``, see :mod:`cadyq_plugin.data.outputs`.
     """
-    return process_images(list_images(hr_folder), lr_folder, lambda img: bicubic_downsample(mod_crop(img, scale), scale),
-                          name_tmpl=name_tmpl, desc=f'LR x{scale}', **safety)
+
+    def transform(img):
+        return bicubic_downsample(mod_crop(img, scale), scale)
+
+    return process_images(list_images(hr_folder), lr_folder, transform, name_tmpl, f'LR x{scale}', **safety)
 
 
 def pair_given_lr(hr_paths: Sequence[Path], given_folder: PathLike, scale: int) -> List[Tuple[Path, Path]]:

@@ -64,23 +64,22 @@ def staged_output(output: PathLike, overwrite: bool = False, partial: Optional[s
     check_partial_choice(partial)
     output = Path(output)
     staging = partial_path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f'{output} already exists and is left untouched; pass overwrite=True '
+                              f'(--overwrite) to move it aside and build it again')
+    if staging.exists() and partial is None:
+        raise PartialOutputError(f'{staging} is a half-written output from an interrupted run; pass '
+                                 f"partial='resume' (--resume) to continue it or partial='redo' (--redo) "
+                                 f'to delete it and start over')
     if output.exists():
-        if not overwrite:
-            raise FileExistsError(f'{output} already exists and is left untouched; pass overwrite=True '
-                                  f'(--overwrite) to move it aside and build it again')
         move_aside(output)
-    if staging.exists():
-        if partial is None:
-            raise PartialOutputError(f'{staging} is a half-written output from an interrupted run; pass '
-                                     f"partial='resume' (--resume) to continue it or partial='redo' (--redo) "
-                                     f'to delete it and start over')
-        if partial == 'redo':
-            logger.warning('deleting the half-written %s to redo it', staging)
-            shutil.rmtree(staging)
-        else:
-            logger.info('resuming the half-written %s', staging)
-            for tmp in staging.glob('*' + TMP_SUFFIX):
-                tmp.unlink()
+    if staging.exists() and partial == 'redo':
+        logger.warning('deleting the half-written %s to redo it', staging)
+        shutil.rmtree(staging)
+    elif staging.exists():
+        logger.info('resuming the half-written %s', staging)
+        for tmp in staging.glob('*' + TMP_SUFFIX):
+            tmp.unlink()
     staging.mkdir(parents=True, exist_ok=True)
     yield staging
     os.replace(staging, output)
