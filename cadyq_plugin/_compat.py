@@ -45,7 +45,7 @@ def patch_training_pipeline():
     state to the parameters' device when they load it."""
     import torch
     from basicsr import train
-    from basicsr.utils import check_resume, scandir
+    from basicsr.utils import scandir
 
     if getattr(train.load_resume_state, '_cadyq_patched', False):
         return
@@ -65,8 +65,75 @@ def patch_training_pipeline():
         if resume_state_path is None:
             return None
         resume_state = torch.load(resume_state_path, map_location='cpu', weights_only=True)
-        check_resume(opt, resume_state['iter'])
+        _check_resume_keeping_unsaved(opt, resume_state['iter'])
         return resume_state
 
     load_resume_state._cadyq_patched = True
     train.load_resume_state = load_resume_state
+
+
+def _check_resume_keeping_unsaved(opt, resume_iter):
+    """BasicSR's ``check_resume`` points every ``pretrain_network_<x>`` at ``models/net_<x>_<iter>.pth``, but a
+    model saves only ``net_g``: the frozen teacher ``network_t`` of stages 2-3 has no such file and resuming
+    failed. Networks other than ``network_g`` whose resume file does not exist keep their configured weights;
+    a missing student file still fails loudly when it is loaded."""
+    from basicsr.utils import check_resume
+    configured = {key: value for key, value in opt['path'].items() if key.startswith('pretrain_network_')}
+    check_resume(opt, resume_iter)
+    for key, path in configured.items():
+        if key != 'pretrain_network_g' and path and not os.path.isfile(opt['path'][key]):
+            print(f'{opt["path"][key]} does not exist (a frozen network is never saved): keep {key} = {path}')
+            opt['path'][key] = path
+
+
+def patch_distributed():
+    """Distributed training and validation on CPU (gloo) and GPU (nccl) for basicsr 1.4.2, all routed to
+    :mod:`cadyq_plugin.distributed` (one implementation for SRModel and CADyQModel). Idempotent. Fixes:
+
+    - ``init_dist``: nccl-only and ``torch.cuda.set_device(rank % 0)`` on a CPU machine; ``dist_params`` was
+      ignored by the pytorch launcher. Now the backend is ``dist_params.backend`` or nccl/gloo by device.
+    - ``BaseModel.model_to_device``: ``DistributedDataParallel(device_ids=[torch.cuda.current_device()])``
+      failed on CPU; now no device ids on CPU, and calibrated ranges stay synchronised across ranks.
+    - ``SRModel.dist_validation`` ran on rank 0 only, through the DDP wrapper, whose forward broadcasts buffers:
+      the other ranks' next training forward was paired with it. Now sharded over ranks on the bare network.
+      ``SRModel.test`` runs the bare network too.
+    - ``make_exp_dirs`` (rank 0 only, may rename an existing experiment) is followed by a barrier so that no rank
+      writes into a folder that is about to be renamed.
+    """
+    from basicsr import test as test_module
+    from basicsr import train as train_module
+    from basicsr.models.base_model import BaseModel
+    from basicsr.models.sr_model import SRModel
+    from basicsr.utils import dist_util, options
+
+    from cadyq_plugin import distributed
+
+    if getattr(options.init_dist, '_cadyq_patched', False):
+        return
+
+    def init_dist(launcher, **dist_params):
+        params = distributed.dist_options_from_argv(sys.argv[1:])
+        params.update(dist_params)
+        distributed.init_dist(launcher, **params)
+
+    def model_to_device(self, net):
+        return distributed.wrap_model(net, self.opt, self.device)
+
+    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        distributed.dist_validation(self, dataloader, current_iter, tb_logger, save_img)
+
+    def with_barrier(make_exp_dirs):
+
+        def make_exp_dirs_then_wait(opt):
+            make_exp_dirs(opt)
+            distributed.barrier()
+
+        return make_exp_dirs_then_wait
+
+    init_dist._cadyq_patched = True
+    options.init_dist = dist_util.init_dist = init_dist
+    BaseModel.model_to_device = model_to_device
+    SRModel.test = distributed.sr_test
+    SRModel.dist_validation = dist_validation
+    train_module.make_exp_dirs = with_barrier(train_module.make_exp_dirs)
+    test_module.make_exp_dirs = with_barrier(test_module.make_exp_dirs)

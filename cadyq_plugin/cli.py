@@ -29,6 +29,7 @@ def run_pipeline(command, args):
     import cadyq_plugin  # noqa: F401  (registration and compat shim before basicsr's pipelines import)
     from cadyq_plugin import _compat
     _compat.patch_training_pipeline()
+    _compat.patch_distributed()
     sys.argv = [f'basicsr {command}'] + normalize_basicsr_args(args)
     if command == 'train':
         from basicsr.train import train_pipeline

@@ -12,6 +12,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
 from cadyq_plugin.checkpoint import extract_state_dict, load_checkpoint
+from cadyq_plugin.data.patches import PatchStitcher, iter_patch_batches
 from cadyq_plugin.metrics import MACCounter
 from cadyq_plugin.models.stage_loading import load_stage_weights
 from cadyq_plugin.quant import BitSelector, PAMSQuant, set_calibration
@@ -126,15 +127,40 @@ class CADyQModel(SRModel):
 
     # ----------------------------------------------------------------- inference
     def test(self):
-        """Image-wise inference of ``self.lq``: sets ``self.output`` and ``self.forwards`` (one per image)."""
+        """Inference of ``self.lq`` (one image): sets ``self.output``, ``self.forwards`` (one entry per forward
+        pass: its MAC table and chosen bits) and ``self.regions`` (the HR box each forward pass contributes)."""
         net = self.get_bare_model(self.net_g)
         was_training = net.training
         net.eval()
         with torch.no_grad():
-            self.output, aux = net(self.lq, return_aux=True)
+            patchwise = self.opt['val'].get('patchwise') if self.opt.get('val') else None
+            if patchwise:
+                self._test_patchwise(net, patchwise)
+            else:
+                self.output, aux = net(self.lq, return_aux=True)
+                layers = self.mac_counter(self.lq.shape[2], self.lq.shape[3])
+                self.forwards = [{'layers': layers, 'bits': bits} for bits in aux['bits'].cpu()]
+                self.regions = [(0, self.output.shape[2], 0, self.output.shape[3])]
         net.train(was_training)
-        layers = self.mac_counter(self.lq.shape[2], self.lq.shape[3])
-        self.forwards = [{'layers': layers, 'bits': bits} for bits in aux['bits'].cpu()]
+
+    def _test_patchwise(self, net, patchwise):
+        """SPEC §6: patches of ``patch`` LR pixels every ``step``, run ``batch`` at a time, centre-cropped and
+        stitched; memory holds the output image plus one batch."""
+        patch, step, batch = patchwise['patch'], patchwise['step'], patchwise.get('batch', 1)
+        stitcher = PatchStitcher(self.lq.shape[2], self.lq.shape[3], patch, step, net.upscale,
+                                 self.lq.shape[1], device=self.lq.device, dtype=self.lq.dtype)
+        self.forwards = [None] * stitcher.num_patches
+        for indices, boxes, lr_batch in iter_patch_batches(self.lq, patch, step, batch):
+            sr_batch, aux = net(lr_batch, return_aux=True)
+            stitcher.add_batch(indices, sr_batch)
+            layers = self.mac_counter(lr_batch.shape[2], lr_batch.shape[3])
+            for index, bits in zip(indices, aux['bits'].cpu()):
+                self.forwards[index] = {'layers': layers, 'bits': bits}
+        self.output = stitcher.result()
+        self.regions = []
+        for index in range(stitcher.num_patches):
+            _, (rows, cols) = stitcher.regions(index)
+            self.regions.append((rows.start, rows.stop, cols.start, cols.stop))
 
     def static_bits(self):
         """FAB of a pams network (every selector place at ``a_bits``); None otherwise."""
@@ -145,6 +171,11 @@ class CADyQModel(SRModel):
         dataset_name = dataloader.dataset.opt['name']
         rows = self.evaluate_images(dataloader, dataset_name, current_iter, save_img)
         self.finish_validation(dataset_name, rows, current_iter, tb_logger)
+
+    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        """Each rank evaluates its share of the images on the bare network; rank 0 finishes on all rows."""
+        from cadyq_plugin.distributed import dist_validation
+        dist_validation(self, dataloader, current_iter, tb_logger, save_img)
 
     def evaluate_images(self, samples, dataset_name, current_iter, save_img):
         """Run inference and the metrics on every sample; one row (``name`` + each metric) per image.
