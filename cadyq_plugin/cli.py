@@ -28,8 +28,11 @@ def run_pipeline(command, args):
     """Run BasicSR's own ``train_pipeline``/``test_pipeline`` with the current directory as root."""
     import cadyq_plugin  # noqa: F401  (registration and compat shim before basicsr's pipelines import)
     from cadyq_plugin import _compat
+    from cadyq_plugin.config_check import check_command_options
+    check_command_options(command, normalize_basicsr_args(args), os.getcwd())  # before any dir, data or model
     _compat.patch_training_pipeline()
     _compat.patch_distributed()
+    _compat.patch_reliability()  # atomic checkpoints, exact resume, non-finite step guard of stage 1
     sys.argv = [f'basicsr {command}'] + normalize_basicsr_args(args)
     if command == 'train':
         from basicsr.train import train_pipeline
@@ -39,6 +42,30 @@ def run_pipeline(command, args):
         test_pipeline(os.getcwd())
 
 
+def user_errors():
+    """Errors whose message says all the user needs (file, key, what to do): printed without a traceback."""
+    from cadyq_plugin.checkpoint import CheckpointError
+    from cadyq_plugin.config_check import ConfigError
+    from cadyq_plugin.data.paired_dataset import DataError
+    from cadyq_plugin.models.step_guard import TrainingDivergedError
+    return (ConfigError, CheckpointError, DataError, TrainingDivergedError)
+
+
+def report_error(command, err):
+    """Print ``err`` without a traceback, into BasicSR's log too (file and console) when the run got that far."""
+    import logging
+    from cadyq_plugin.models.step_guard import TrainingDivergedError
+    text = str(err).strip()
+    if 'Original Traceback' in text:  # re-raised from a dataloader worker: keep the worker's message only
+        text = text.splitlines()[-1].split(': ', 1)[-1]
+    message = f'basicsr {command}: {type(err).__name__}: {text}'
+    logger = logging.getLogger('basicsr')
+    if logger.handlers and not isinstance(err, TrainingDivergedError):  # that one was logged where it arose
+        logger.error(message)
+    else:
+        print(message, file=sys.stderr)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ('-h', '--help'):
@@ -46,7 +73,11 @@ def main(argv=None):
         return 0
     command, rest = argv[0], argv[1:]
     if command in ('train', 'test'):
-        run_pipeline(command, rest)
+        try:
+            run_pipeline(command, rest)
+        except user_errors() as err:
+            report_error(command, err)
+            return 1
         return 0
     if command == 'bitops':
         from cadyq_plugin.tools.bitops_report import main as bitops_main

@@ -27,6 +27,7 @@ here. Nothing in this module assumes CUDA.
   records and logs: the numbers are those of single-process validation, for any number of images.
 """
 import argparse
+import atexit
 import datetime
 import functools
 import os
@@ -92,7 +93,14 @@ def init_dist(launcher, backend=None, port=None, timeout=None, num_gpu='auto'):
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
     kwargs = {} if timeout is None else {'timeout': datetime.timedelta(seconds=float(timeout))}
     dist.init_process_group(backend=backend, init_method='env://', rank=rank, world_size=world_size, **kwargs)
+    atexit.register(destroy_process_group)
     return rank, world_size
+
+
+def destroy_process_group():
+    """Leave the process group (registered at exit: a gloo group left alive at shutdown can abort the process)."""
+    if is_dist():
+        dist.destroy_process_group()
 
 
 def _require_env(names, launcher):

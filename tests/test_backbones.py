@@ -8,7 +8,7 @@ from basicsr.archs import build_network
 from basicsr.utils.registry import ARCH_REGISTRY
 from cadyq_plugin.archs import ARCHS
 from cadyq_plugin.metrics import count_layer_macs, forward_bitops
-from cadyq_plugin.quant import BitSelector, PAMSQuant
+from cadyq_plugin.quant import BitRecord, BitSelector, PAMSQuant, image_gradient_feature
 
 # arch -> (selectors, feats, quantized MACs G, fixed-8-bit MACs G, other MACs G) at LR 320x180, x4 (SPEC §5)
 REFERENCE = {
@@ -232,7 +232,6 @@ def test_carn_skip_is_full_precision_and_mean_is_on_the_unit_scale():
     assert torch.allclose(net.mean.flatten(), torch.tensor([0.4488, 0.4371, 0.4040]))
     block = net.body[0].blocks[0]
     x = torch.randn(1, 64, 6, 6)
-    from cadyq_plugin.quant import BitRecord, image_gradient_feature
     record = BitRecord(image_gradient_feature(torch.rand(1, 3, 6, 6)), 1)
     with torch.no_grad():
         out, feat = block.eval()(x, record)

@@ -71,7 +71,8 @@ def test_known_mappings():
     net = ARCHS['CARN_CADyQ']()
     converted, _ = convert_state_dict(state, net, 'CARN_CADyQ', 'cadyq', 4)
     assert torch.equal(converted['body.1.blocks.2.conv2.weight'], state['b2.b3.body.4.weight'])
-    assert torch.equal(converted['body.2.blocks.0.quant_mid.quantizers.2.alpha'], state['b3.b1.body.3.quant_bit3.alpha'])
+    assert torch.equal(converted['body.2.blocks.0.quant_mid.quantizers.2.alpha'],
+                       state['b3.b1.body.3.quant_bit3.alpha'])
     assert torch.equal(converted['body.0.fusions.1.weight'], state['b1.c2.body.0.weight'])
     assert torch.equal(converted['fusions.2.weight'], state['c3.body.0.weight'])
     assert torch.equal(converted['upsample.3.weight'], state['upsample.up4.body.3.weight'])
@@ -80,7 +81,8 @@ def test_known_mappings():
     state = fake_original('idn', 'cadyq')
     converted, _ = convert_state_dict(state, ARCHS['IDN_CADyQ'](), 'IDN_CADyQ', 'cadyq', 4)
     assert torch.equal(converted['body.3.bottom.conv2.weight'], state['dblocks.3.enhancement_bottom.4.weight'])
-    assert torch.equal(converted['body.0.top.quant3.fc.weight'], state['dblocks.0.enhancement_top.6.net_small.0.weight'])
+    assert torch.equal(converted['body.0.top.quant3.fc.weight'],
+                       state['dblocks.0.enhancement_top.6.net_small.0.weight'])
     assert torch.equal(converted['fblock.quant2.alpha'], state['fblock.module.3.alpha'])
 
     state = fake_original('srresnet', 'pams')

@@ -56,17 +56,20 @@ class CascadingBlock(nn.Module):
         return cascade(x, self.blocks, self.fusions, step)
 
 
-def carn_upsampler(num_feat, scale):
-    """CARN's upsampler for one scale: ``conv -> ReLU -> PixelShuffle`` per factor 2 (or one for x3); the
-    convs sit at ``upsample.0`` (and ``upsample.3``, ...), like the original's ``upsample.up<scale>.body``."""
+def upsample_factors(scale):
+    """The PixelShuffle steps of an upsampler: x2 per step for 2, 4, 8; one x3 step for 3."""
     if scale in (2, 4, 8):
-        factors = [2] * {2: 1, 4: 2, 8: 3}[scale]
-    elif scale == 3:
-        factors = [3]
-    else:
-        raise ValueError(f'upscale must be 2, 3, 4 or 8, got {scale}')
+        return [2] * {2: 1, 4: 2, 8: 3}[scale]
+    if scale == 3:
+        return [3]
+    raise ValueError(f'upscale must be 2, 3, 4 or 8, got {scale}')
+
+
+def carn_upsampler(num_feat, scale):
+    """CARN's upsampler for one scale: ``conv -> ReLU -> PixelShuffle`` per step; the convs sit at
+    ``upsample.0`` (and ``upsample.3``, ...), like the original's ``upsample.up<scale>.body``."""
     layers = []
-    for factor in factors:
+    for factor in upsample_factors(scale):
         layers += [nn.Conv2d(num_feat, factor * factor * num_feat, 3, 1, 1), nn.ReLU(inplace=True),
                    nn.PixelShuffle(factor)]
     return nn.Sequential(*layers)

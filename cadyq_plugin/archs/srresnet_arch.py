@@ -3,6 +3,7 @@ import torch.nn as nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from cadyq_plugin.archs.cadyq_net import CADyQNet
+from cadyq_plugin.archs.carn_arch import upsample_factors
 
 
 class SRResBlock(nn.Module):
@@ -32,16 +33,10 @@ class SRResBlock(nn.Module):
 
 
 def prelu_upsampler(num_feat, scale):
-    """``conv (no bias) -> PixelShuffle -> PReLU`` per factor 2 (or one for x3), each with its own PReLU; the
-    convs sit at ``upsample.0`` (and ``upsample.3``, ...) like the original's ``tail.0``."""
-    if scale in (2, 4, 8):
-        factors = [2] * {2: 1, 4: 2, 8: 3}[scale]
-    elif scale == 3:
-        factors = [3]
-    else:
-        raise ValueError(f'upscale must be 2, 3, 4 or 8, got {scale}')
+    """``conv (no bias) -> PixelShuffle -> PReLU`` per step, each with its own PReLU; the convs sit at
+    ``upsample.0`` (and ``upsample.3``, ...) like the original's ``tail.0``."""
     layers = []
-    for factor in factors:
+    for factor in upsample_factors(scale):
         layers += [nn.Conv2d(num_feat, factor * factor * num_feat, 3, 1, 1, bias=False), nn.PixelShuffle(factor),
                    nn.PReLU()]
     return nn.Sequential(*layers)

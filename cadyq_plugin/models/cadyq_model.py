@@ -15,6 +15,7 @@ from cadyq_plugin.checkpoint import extract_state_dict, load_checkpoint
 from cadyq_plugin.data.patches import PatchStitcher, iter_patch_batches
 from cadyq_plugin.metrics import MACCounter
 from cadyq_plugin.models.stage_loading import load_stage_weights
+from cadyq_plugin.models.step_guard import checkpoint_dirs, get_step_guard
 from cadyq_plugin.quant import BitSelector, PAMSQuant, set_calibration
 
 
@@ -99,10 +100,15 @@ class CADyQModel(SRModel):
             self.optimizers.append(self.optimizer_s)
 
     def optimize_parameters(self, current_iter):
+        """One training step; a step whose loss or gradients are not finite is skipped (no optimizer step,
+        gradients cleared, calibration ranges restored) and ``train.max_bad_steps`` (default 10) such steps in a
+        row stop training (:mod:`step_guard`)."""
         net = self.get_bare_model(self.net_g)
+        guard = get_step_guard(self)
         set_calibration(net, current_iter <= net.calib_iters)
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
+        guard.snapshot(net)
         self.output, aux = self.net_g(self.lq, return_aux=True)
 
         loss_dict = OrderedDict()
@@ -118,12 +124,16 @@ class CADyQModel(SRModel):
         if self.cri_bit and aux['bits'].shape[1]:
             loss_dict['l_bit'] = self.cri_bit(aux['weighted_bits'], current_iter)
             l_total = l_total + loss_dict['l_bit']
-        l_total.backward()
-        for optimizer in self.optimizers:
-            optimizer.step()
+        l_total.backward()  # also on a bad step: in DDP every rank must run backward
         if aux['bits'].shape[1]:
             loss_dict['avg_bit'] = aux['bits'].detach().mean()
         self.log_dict = self.reduce_loss_dict({k: v.detach() for k, v in loss_dict.items()})
+        if guard.finite([l_total.detach()], self.optimizers):
+            for optimizer in self.optimizers:
+                optimizer.step()
+            guard.good_step()
+        else:
+            guard.bad_step(self.optimizers, current_iter, self.log_dict, get_root_logger(), checkpoint_dirs(self))
 
     # ----------------------------------------------------------------- inference
     def test(self):

@@ -85,8 +85,10 @@ def render_bit_map(sr_bgr_uint8: np.ndarray, regions: Sequence[Box], fabs: Seque
         raise ValueError(f'got {len(regions)} regions but {len(fabs)} FABs')
     h, w = img.shape[:2]
     for box in regions:
+        if len(box) != 4:
+            raise ValueError(f'region {box} is not a (y0, y1, x0, x1) box')
         y0, y1, x0, x1 = box
-        if len(box) != 4 or not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
             raise ValueError(f'region {box} is empty or outside the {h}x{w} image')
     for fab in fabs:
         if not np.isfinite(fab):
@@ -100,7 +102,7 @@ def render_bit_map(sr_bgr_uint8: np.ndarray, regions: Sequence[Box], fabs: Seque
         colour[y0:y1, x0:x1] = lut[fab_to_level(fab, (lo, hi))]
         covered[y0:y1, x0:x1] = True
     out = img.copy()
-    blended = img[covered].astype(np.float32) * (1.0 - alpha) + colour[covered].astype(np.float32) * alpha
+    blended = img[covered].astype(np.float64) * (1.0 - alpha) + colour[covered].astype(np.float64) * alpha
     out[covered] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
     if borders:
@@ -179,15 +181,10 @@ def _check_image(img) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def _outlined_text(img, text, org, scale, thickness):
-    cv2.putText(img, text, org, _FONT, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
-    cv2.putText(img, text, org, _FONT, scale, (255, 255, 255), thickness, cv2.LINE_AA)
-
-
 def _fit_text(text, max_w, max_h, max_scale) -> Optional[Tuple[float, int, Tuple[int, int], int]]:
-    """Largest font scale (<= max_scale, >= 0.3) whose outlined text fits ``max_w x max_h``."""
+    """Largest font scale (<= max_scale, >= 0.35) whose (outlined) text fits ``max_w x max_h``."""
     scale = max_scale
-    while scale >= 0.3 - 1e-9:
+    while scale >= 0.35 - 1e-9:
         thickness = max(1, int(round(scale * 1.5)))
         (tw, th), base = cv2.getTextSize(text, _FONT, scale, thickness + 2)
         if tw + 2 <= max_w and th + base + 2 <= max_h:
@@ -197,14 +194,20 @@ def _fit_text(text, max_w, max_h, max_scale) -> Optional[Tuple[float, int, Tuple
 
 
 def _label(img, box, text):
+    """Centre ``text`` in ``box`` if it fits: white or black for contrast, outlined when large enough."""
     y0, y1, x0, x1 = box
     rw, rh = x1 - x0, y1 - y0
-    fit = _fit_text(text, rw - 4, rh - 4, max_scale=min(1.2, max(0.3, rw / 160)))
+    fit = _fit_text(text, rw - 4, rh - 4, max_scale=min(1.2, max(0.35, rw / 160)))
     if fit is None:
         return
     scale, thickness, (tw, th), base = fit
     org = (x0 + (rw - tw) // 2, y0 + (rh + th - base) // 2)
-    _outlined_text(img, text, org, scale, thickness)
+    b, g, r = img[y0:y1, x0:x1].reshape(-1, 3).mean(axis=0)
+    dark_bg = 0.114 * b + 0.587 * g + 0.299 * r < 150
+    fg, bg = ((255, 255, 255), (0, 0, 0)) if dark_bg else ((0, 0, 0), (255, 255, 255))
+    if scale >= 0.6:
+        cv2.putText(img, text, org, _FONT, scale, bg, thickness + 2, cv2.LINE_AA)
+    cv2.putText(img, text, org, _FONT, scale, fg, thickness, cv2.LINE_AA)
 
 
 def _legend(width: int, bit_range: Tuple[float, float], mean_fab: Optional[float]) -> np.ndarray:
@@ -218,14 +221,18 @@ def _legend(width: int, bit_range: Tuple[float, float], mean_fab: Optional[float
 
     # caption left of the bar, only when the image is wide enough for it
     bar_x0 = margin
-    caption = 'FAB' if mean_fab is None else f'FAB  mean {mean_fab:.2f}'
-    fit = _fit_text(caption, width // 4, bar_y1 - bar_y0 + 6, max_scale=max(0.3, lh / 90))
+    captions = ['FAB'] if mean_fab is None else [f'FAB  mean {mean_fab:.2f}', 'FAB']
+    for caption in captions:
+        fit = _fit_text(caption, width // 3, bar_y1 - bar_y0 + 6, max_scale=max(0.35, lh / 90))
+        if fit is not None:
+            break
     if fit is not None:
         scale, thickness, (tw, th), base = fit
         cv2.putText(strip, caption, (margin, (bar_y0 + bar_y1 + th) // 2), _FONT, scale, (0, 0, 0), thickness,
                     cv2.LINE_AA)
         bar_x0 = 2 * margin + tw
-    bar_x1 = max(bar_x0 + 2, width - margin)
+    bar_x0 = min(bar_x0, max(0, width - 2))
+    bar_x1 = min(width, max(bar_x0 + 2, width - margin))
 
     levels = np.rint(np.linspace(0, 255, bar_x1 - bar_x0)).astype(np.intp)
     strip[bar_y0:bar_y1, bar_x0:bar_x1] = _lut()[levels][None]
@@ -239,7 +246,7 @@ def _legend(width: int, bit_range: Tuple[float, float], mean_fab: Optional[float
         x = bar_x0 + int(round((bit - lo) / (hi - lo) * (bar_x1 - 1 - bar_x0)))
         cv2.line(strip, (x, bar_y1 - 1), (x, min(lh - 1, bar_y1 + 2)), (0, 0, 0), 1)
         text = f'{bit:g}'
-        fit = _fit_text(text, width, label_h, max_scale=max(0.3, lh / 90))
+        fit = _fit_text(text, width, label_h, max_scale=max(0.35, lh / 90))
         if fit is None:
             continue
         scale, thickness, (tw, th), base = fit
