@@ -15,6 +15,8 @@ from cadyq_plugin.checkpoint import extract_state_dict, load_checkpoint
 from cadyq_plugin.data.patches import PatchStitcher, iter_patch_batches
 from cadyq_plugin.metrics import MACCounter
 from cadyq_plugin.models.stage_loading import load_stage_weights
+from cadyq_plugin.reporting import (log_bit_histograms, log_bit_map, render_bit_map, save_bit_map,
+                                    write_results_table)
 from cadyq_plugin.models.step_guard import checkpoint_dirs, get_step_guard
 from cadyq_plugin.quant import BitSelector, PAMSQuant, set_calibration
 
@@ -207,10 +209,16 @@ class CADyQModel(SRModel):
                 metric_data['img2'] = tensor2img([self.gt.detach().cpu()])
                 del self.gt
             del self.lq, self.output
-            if save_img:
-                imwrite(sr_img, self._visualization_path(dataset_name, img_name, current_iter))
             row = {'name': img_name}
             row.update({name: float(calculate_metric(metric_data, opt_)) for name, opt_ in metrics_opt.items()})
+            row['bits'] = torch.stack([f['bits'] for f in self.forwards])
+            if save_img:
+                sr_path = self._visualization_path(dataset_name, img_name, current_iter)
+                imwrite(sr_img, sr_path)
+                if row['bits'].numel():
+                    save_bit_map(sr_path, sr_img, self.regions, self._fabs(), bit_range=self._bit_range())
+            if row['bits'].numel() and len(rows) < self._tb_bit_maps():
+                row['bit_map'] = render_bit_map(sr_img, self.regions, self._fabs(), bit_range=self._bit_range())
             rows.append(row)
             if pbar:
                 pbar.update(1)
@@ -229,6 +237,34 @@ class CADyQModel(SRModel):
         for name, value in self.metric_results.items():
             self._update_best_metric_result(dataset_name, name, value, current_iter)
         self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        self._log_bit_visuals(dataset_name, rows, current_iter, tb_logger)
+        if not self.opt['is_train']:
+            csv_path, _ = write_results_table(rows, self.opt['path']['results_root'], dataset_name, list(metrics_opt))
+            get_root_logger().info(f'Results table of {dataset_name}: {csv_path} (and .md)')
+
+    def _fabs(self):
+        """FAB of each forward pass of the current image (patch or whole image)."""
+        return [float(f['bits'].float().mean()) for f in self.forwards]
+
+    def _bit_range(self):
+        bits = self.get_bare_model(self.net_g).quant.bits
+        return (min(bits), max(bits))
+
+    def _tb_bit_maps(self):
+        """How many validation images get a bit map in TensorBoard (training only; ``val.tb_bit_maps``)."""
+        if not self.opt['is_train'] or not self.opt.get('logger', {}).get('use_tb_logger'):
+            return 0
+        return int(self.opt['val'].get('tb_bit_maps', 2))
+
+    def _log_bit_visuals(self, dataset_name, rows, current_iter, tb_logger):
+        """TensorBoard: bit maps of the first images and a histogram of the chosen bits of every layer."""
+        if tb_logger is None or not rows or not rows[0]['bits'].numel():
+            return
+        for row in rows:
+            if 'bit_map' in row:
+                log_bit_map(tb_logger, f'bit_maps/{dataset_name}/{row["name"]}', row['bit_map'], current_iter)
+        log_bit_histograms(tb_logger, f'bits/{dataset_name}', torch.cat([row['bits'] for row in rows]),
+                           current_iter)
 
     def _visualization_path(self, dataset_name, img_name, current_iter):
         if self.opt['is_train']:
