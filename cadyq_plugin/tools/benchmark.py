@@ -1,0 +1,204 @@
+"""Speed and memory of CADyQ against its FP and PAMS baselines, measured side by side in one run.
+
+Training: one optimisation step of the real models (SRModel for FP; CADyQModel with its teacher for PAMS and
+CADyQ), same batch and patch. Inference: eval forward of the CADyQ network vs the FP network. Patch-wise:
+throughput (patches/s) with batch 1 vs a larger batch, and the peak memory of a large image. Repetitions of
+the variants are interleaved so machine load affects them alike; the median is reported.
+"""
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+TARGETS = {'pams_train': 1.6, 'cadyq_train': 2.5, 'cadyq_infer': 1.3}
+DEFAULT_BACKBONES = ('EDSR_CADyQ', 'CARN_CADyQ', 'IDN_CADyQ', 'SRResNet_CADyQ')
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _model_opt(arch, mode, device, workdir, teacher_path=None, init_path=None):
+    opt = {
+        'name': f'bench_{arch}_{mode}', 'num_gpu': 1 if device.type == 'cuda' else 0, 'is_train': True,
+        'dist': False, 'rank': 0, 'world_size': 1,
+        'network_g': {'type': arch, 'quant_mode': mode, 'calib_iters': 0},
+        'path': {'pretrain_network_g': init_path, 'models': workdir, 'training_states': workdir},
+        'train': {
+            'optim_g': {'type': 'Adam', 'lr': 1e-4},
+            'scheduler': {'type': 'MultiStepLR', 'milestones': [10**6], 'gamma': 0.5},
+            'pixel_opt': {'type': 'L1Loss', 'loss_weight': 255.0},
+        },
+        'val': {'metrics': {}},
+    }
+    if mode != 'fp':
+        opt['model_type'] = 'CADyQModel'
+        opt['network_t'] = {'type': arch, 'quant_mode': 'fp' if mode == 'pams' else 'pams'}
+        opt['path']['pretrain_network_t'] = teacher_path
+        opt['train']['optim_alpha'] = {'lr': 1e-2}
+        opt['train']['kd_opt'] = {'type': 'ATLoss', 'loss_weight': 1e3, 'feature_weight': 0.1}
+    if mode == 'cadyq':
+        opt['train']['optim_selector'] = {'type': 'Adam', 'lr': 1e-4}
+        opt['train']['bit_opt'] = {'type': 'BitLoss', 'loss_weight': 1e-4}
+    return opt
+
+
+def build_training_models(arch, device, workdir):
+    """FP (SRModel), PAMS and CADyQ (CADyQModel) models of ``arch`` with their teachers, ready to step."""
+    import cadyq_plugin  # noqa: F401
+    from basicsr.archs import build_network
+    from basicsr.models.sr_model import SRModel
+
+    from cadyq_plugin.models import CADyQModel
+    paths = {}
+    for mode in ('fp', 'pams'):
+        paths[mode] = os.path.join(workdir, f'{arch}_{mode}.pth')
+        torch.save({'params': build_network({'type': arch, 'quant_mode': mode}).state_dict()}, paths[mode])
+    return {
+        'fp': SRModel(_model_opt(arch, 'fp', device, workdir)),
+        'pams': CADyQModel(_model_opt(arch, 'pams', device, workdir, paths['fp'], paths['fp'])),
+        'cadyq': CADyQModel(_model_opt(arch, 'cadyq', device, workdir, paths['pams'], paths['pams'])),
+    }
+
+
+def interleaved_median(functions, repeats, warmup, device):
+    """Median seconds per call of each function, running them in turn ``repeats`` times."""
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def bench_training(arch, device, batch, patch, scale, repeats, warmup):
+    with tempfile.TemporaryDirectory() as workdir:
+        models = build_training_models(arch, device, workdir)
+        generator = torch.Generator().manual_seed(0)
+        data = {'lq': torch.rand(batch, 3, patch // scale, patch // scale, generator=generator),
+                'gt': torch.rand(batch, 3, patch, patch, generator=generator)}
+
+        def step(model):
+            model.feed_data(data)
+            model.optimize_parameters(1000)
+
+        return interleaved_median({m: (lambda m=m: step(models[m])) for m in models}, repeats, warmup, device)
+
+
+def bench_inference(arch, device, batch, lr_size, repeats, warmup):
+    import cadyq_plugin  # noqa: F401
+    from basicsr.archs import build_network
+    nets = {mode: build_network({'type': arch, 'quant_mode': mode}).to(device).eval() for mode in ('fp', 'cadyq')}
+    x = torch.rand(batch, 3, lr_size, lr_size, device=device)
+
+    def forward(net):
+        with torch.no_grad():
+            net(x)
+
+    return interleaved_median({m: (lambda m=m: forward(nets[m])) for m in nets}, repeats, warmup, device)
+
+
+def bench_patchwise(arch, device, lr_hw, patch, step, batches, repeats):
+    """Patches per second of patch-wise inference of an ``lr_hw`` image for each batch size."""
+    import cadyq_plugin  # noqa: F401
+    from basicsr.archs import build_network
+
+    from cadyq_plugin.data.patches import PatchStitcher, iter_patch_batches
+    net = build_network({'type': arch, 'quant_mode': 'cadyq'}).to(device).eval()
+    lq = torch.rand(1, 3, *lr_hw, device=device)
+
+    def run(batch):
+        stitcher = PatchStitcher(lr_hw[0], lr_hw[1], patch, step, net.upscale, device=device)
+        with torch.no_grad():
+            for indices, _, lr_batch in iter_patch_batches(lq, patch, step, batch):
+                stitcher.add_batch(indices, net(lr_batch))
+        return stitcher.num_patches
+
+    n_patches = run(batches[0])
+    times = interleaved_median({b: (lambda b=b: run(b)) for b in batches}, repeats, 0, device)
+    return {b: n_patches / t for b, t in times.items()}, n_patches
+
+
+def peak_memory_patchwise(arch, device, lr_hw, patch, step, batch):
+    """Peak memory (MiB) while testing one large image patch-wise: CUDA allocator peak, or the process's
+    peak RSS growth on the CPU (run this last: RSS peaks never go down)."""
+    import resource
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    bench_patchwise(arch, device, lr_hw, patch, step, [batch], 1)
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--archs', nargs='+', default=list(DEFAULT_BACKBONES))
+    parser.add_argument('--batch', type=int, default=None, help='training batch (default: 16 on CUDA, 4 on CPU)')
+    parser.add_argument('--patch', type=int, default=None, help='HR training patch (default: 192 CUDA, 96 CPU)')
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--infer-lr', type=int, default=None, help='LR size of the inference test')
+    parser.add_argument('--patchwise-image', default=None, help='LR size HxW for the patch-wise test')
+    parser.add_argument('--patchwise-batch', type=int, default=None)
+    parser.add_argument('--memory-image', default=None, help='LR size HxW of the large-image memory test')
+    parser.add_argument('--skip', nargs='*', default=[], choices=['train', 'infer', 'patchwise', 'memory'])
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == 'cuda'
+    batch = args.batch or (16 if cuda else 4)
+    patch = args.patch or (192 if cuda else 96)
+    infer_lr = args.infer_lr or (180 if cuda else 64)
+    pw_image = tuple(int(v) for v in (args.patchwise_image or ('1080x2048' if cuda else '192x288')).split('x'))
+    pw_batch = args.patchwise_batch or (64 if cuda else 8)
+    mem_image = tuple(int(v) for v in (args.memory_image or ('1080x2048' if cuda else '540x1024')).split('x'))
+    name = torch.cuda.get_device_name(device) if cuda else f'CPU ({torch.get_num_threads()} threads)'
+    print(f'device: {name}; torch {torch.__version__}')
+    failures = []
+    for arch in args.archs:
+        print(f'\n== {arch} ==')
+        if 'train' not in args.skip:
+            t = bench_training(arch, device, batch, patch, 4, args.repeats, args.warmup)
+            ratios = {'pams_train': t['pams'] / t['fp'], 'cadyq_train': t['cadyq'] / t['fp']}
+            print(f'training step (batch {batch}, HR patch {patch}): FP {t["fp"] * 1e3:.1f} ms, PAMS '
+                  f'{t["pams"] * 1e3:.1f} ms ({ratios["pams_train"]:.2f}x), CADyQ {t["cadyq"] * 1e3:.1f} ms '
+                  f'({ratios["cadyq_train"]:.2f}x)')
+            failures += [(arch, k, v) for k, v in ratios.items() if v > TARGETS[k]]
+        if 'infer' not in args.skip:
+            t = bench_inference(arch, device, 1, infer_lr, args.repeats, args.warmup)
+            ratio = t['cadyq'] / t['fp']
+            print(f'inference (LR {infer_lr}x{infer_lr}): FP {t["fp"] * 1e3:.1f} ms, CADyQ {t["cadyq"] * 1e3:.1f} ms '
+                  f'({ratio:.2f}x)')
+            if ratio > TARGETS['cadyq_infer']:
+                failures.append((arch, 'cadyq_infer', ratio))
+        if 'patchwise' not in args.skip:
+            rates, n = bench_patchwise(arch, device, pw_image, 96, 90, [1, pw_batch], max(1, args.repeats // 2))
+            print(f'patch-wise LR {pw_image[0]}x{pw_image[1]} ({n} patches of 96, step 90): batch 1 '
+                  f'{rates[1]:.1f} patches/s, batch {pw_batch} {rates[pw_batch]:.1f} patches/s '
+                  f'({rates[pw_batch] / rates[1]:.2f}x)')
+    if 'memory' not in args.skip:
+        arch = args.archs[0]
+        peak = peak_memory_patchwise(arch, device, mem_image, 96, 90, pw_batch)
+        out_mib = 3 * 4 * mem_image[0] * mem_image[1] * 16 / 2**20
+        print(f'\npeak memory, {arch} patch-wise LR {mem_image[0]}x{mem_image[1]} (batch {pw_batch}): {peak:.0f} MiB '
+              f'(the float32 SR output alone is {out_mib:.0f} MiB)')
+    print('\ntargets: ' + ', '.join(f'{k} <= {v}x' for k, v in TARGETS.items()))
+    for arch, key, value in failures:
+        print(f'MISSED: {arch} {key} {value:.2f}x > {TARGETS[key]}x')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
