@@ -14,39 +14,56 @@ def levels(bits):
     return 2**(bits - 1) - 1
 
 
+def clip(x, alpha):
+    """``clamp(x, -alpha, alpha)`` for a tensor ``alpha`` (max/min: several times faster than tensor-bound clamp
+    on the CPU, and exact)."""
+    return torch.minimum(torch.maximum(x, -alpha), alpha)
+
+
+def quantized_level(c, alpha, q):
+    """``round(c / alpha * q) / q`` in the reference's operation order; the quantized value is ``level * alpha``.
+
+    Computed in place on one temporary: the same arithmetic with one allocation instead of four.
+    """
+    return (c / alpha).mul_(q).round_().div_(q)
+
+
 class _PAMSQuantize(torch.autograd.Function):
     """y = round(clamp(x, -a, a) / a * q) / q * a, with straight-through rounding.
 
     ``alpha`` and ``q`` broadcast against ``x`` (scalars, or per-sample ``[B, 1, 1, 1]``).
     Gradients (autograd on the expression with an identity round):
-      dy/dx = 1 inside (-a, a), 0 outside (always 1 without clipping);
+      dy/dx = 1 inside [-a, a], 0 outside (always 1 without clipping);
       dy/da = round(u) / q - x / a inside, +1 above a, -1 below -a (u = c / a * q).
     """
 
     @staticmethod
-    def forward(ctx, x, alpha, q, clip):
-        c = torch.clamp(x, -alpha, alpha) if clip else x
-        y = torch.round(c / alpha * q) / q * alpha
+    def forward(ctx, x, alpha, q, clip_range):
+        c = clip(x, alpha) if clip_range else x
+        y = quantized_level(c, alpha, q).mul_(alpha)
         ctx.save_for_backward(x, alpha, q)
-        ctx.clip = clip
+        ctx.clip = clip_range
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         x, alpha, q = ctx.saved_tensors
-        clip = ctx.clip
         grad_x = grad_alpha = None
-        if clip:
-            inside = (x >= -alpha) & (x <= alpha)
+        inside = (x >= -alpha) & (x <= alpha) if ctx.clip else None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_y * inside if clip else grad_y
+            grad_x = grad_y * inside if ctx.clip else grad_y
         if ctx.needs_input_grad[1]:
-            c = torch.clamp(x, -alpha, alpha) if clip else x
-            d_alpha = torch.round(c / alpha * q) / q - c / alpha
-            if clip:
-                d_alpha = torch.where(inside, d_alpha, torch.sign(x))
-            grad_alpha = _sum_to_shape(grad_y * d_alpha, alpha.shape)
+            grad_alpha = _sum_to_shape(grad_y * pams_alpha_derivative(x, alpha, q, inside), alpha.shape)
         return grad_x, grad_alpha, None, None
+
+
+def pams_alpha_derivative(x, alpha, q, inside=None):
+    """dy/dalpha of the PAMS expression (``inside`` = mask of the unclipped region, None without clipping)."""
+    c = clip(x, alpha) if inside is not None else x
+    d_alpha = quantized_level(c, alpha, q).sub_(c / alpha)
+    if inside is not None:
+        d_alpha = torch.where(inside, d_alpha, torch.sign(x))
+    return d_alpha
 
 
 def _sum_to_shape(t, shape):
@@ -57,9 +74,9 @@ def _sum_to_shape(t, shape):
     return t.sum(dim=dims, keepdim=True).reshape(shape)
 
 
-def pams_quantize(x, alpha, q, clip=True):
+def pams_quantize(x, alpha, q, clip_range=True):
     """PAMS quantization of ``x`` with range ``alpha`` (tensor) and ``q`` levels (tensor, same device)."""
-    return _PAMSQuantize.apply(x, alpha, q, clip)
+    return _PAMSQuantize.apply(x, alpha, q, clip_range)
 
 
 def batch_max_abs(x):
@@ -87,7 +104,7 @@ class PAMSQuant(nn.Module):
         if calibrate:
             self.max_val.copy_(batch_max_abs(x))
             self.alpha.data.copy_(self.max_val.reshape(1))
-        return pams_quantize(x, self.alpha, self.q, clip=not calibrate)
+        return pams_quantize(x, self.alpha, self.q, clip_range=not calibrate)
 
     def bit_spec(self):
         """How BitOPs counting sees this quantizer: a fixed bit-width."""

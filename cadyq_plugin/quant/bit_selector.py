@@ -1,8 +1,11 @@
 """The CADyQ bit selector (SPEC §2): picks, per sample, the bit-width of one activation quantizer."""
+import math
+
 import torch
 import torch.nn as nn
 
-from cadyq_plugin.quant.act_quant import PAMSQuant, batch_max_abs, levels
+from cadyq_plugin.quant.act_quant import (PAMSQuant, batch_max_abs, clip, levels, pams_alpha_derivative,
+                                           quantized_level)
 
 
 def check_candidate_bits(bits):
@@ -24,13 +27,13 @@ class _SelectQuantize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, alphas, qs, choice, probs, clip):
+    def forward(ctx, x, alphas, qs, choice, probs, clip_range):
         shape = (-1,) + (1,) * (x.dim() - 1)
         alpha, q = alphas[choice].view(shape), qs[choice].view(shape)
-        c = torch.clamp(x, -alpha, alpha) if clip else x
-        y = torch.round(c / alpha * q) / q * alpha
+        c = clip(x, alpha) if clip_range else x
+        y = quantized_level(c, alpha, q).mul_(alpha)
         ctx.save_for_backward(x, alphas, qs, probs)
-        ctx.clip = clip
+        ctx.clip = clip_range
         return y
 
     @staticmethod
@@ -43,20 +46,21 @@ class _SelectQuantize(torch.autograd.Function):
         grad_probs = torch.zeros_like(probs)
         for k in range(alphas.numel()):
             a, q, p_k = alphas[k], qs[k], probs[:, k].view(shape)
-            c = torch.clamp(x, -a, a) if ctx.clip else x
-            level = torch.round(c / a * q) / q
-            grad_probs[:, k] = (grad_y * (level * a)).sum(dim=reduce_dims)
-            d_alpha = level - c / a
+            inside = (x >= -a) & (x <= a) if ctx.clip else None
+            c = clip(x, a) if ctx.clip else x
+            grad_probs[:, k] = (grad_y * quantized_level(c, a, q).mul_(a)).sum(dim=reduce_dims)
             weighted = grad_y * p_k
-            if ctx.clip:
-                inside = (x >= -a) & (x <= a)
-                d_alpha = torch.where(inside, d_alpha, torch.sign(x))
-                if grad_x is not None:
-                    grad_x += weighted * inside
-            elif grad_x is not None:
-                grad_x += weighted
-            grad_alphas[k] = (weighted * d_alpha).sum()
+            if grad_x is not None:
+                grad_x += weighted * inside if ctx.clip else weighted
+            grad_alphas[k] = (weighted * pams_alpha_derivative(x, a, q, inside)).sum()
         return grad_x, grad_alphas, None, None, grad_probs, None
+
+
+def layer_std(x):
+    """Unbiased std over H, W per sample and channel, ``[B, C]`` (two-pass; torch.std is slow on the CPU)."""
+    flat = x.detach().flatten(2)
+    centered = flat - flat.mean(dim=2, keepdim=True)
+    return torch.linalg.vector_norm(centered, dim=2) / math.sqrt(flat.shape[2] - 1)
 
 
 class BitSelector(nn.Module):
@@ -82,7 +86,7 @@ class BitSelector(nn.Module):
         self.calibrating = False
 
     def forward(self, x, record):
-        sigma = x.detach().flatten(2).std(dim=2)
+        sigma = layer_std(x)
         logits = self.fc(torch.cat([record.image_feature, sigma], dim=1))
         choice = logits.argmax(dim=1)
         probs = torch.softmax(logits, dim=1)
