@@ -1,17 +1,19 @@
 """Distributed CADyQ on PyTorch's own engine, on the CPU (gloo): unit checks of cadyq_plugin.distributed, and
-2-process torchrun runs of the real ``basicsr`` command on tiny data (training with validation and checkpoints,
-resume of an interrupted run, and 1- vs 2-process validation on an odd number of images)."""
+2-process runs of the real ``basicsr`` command on tiny data: stage 3 through ``scripts/dist_train.sh`` (torchrun;
+training with validation and checkpoints, resume of an interrupted run), 1- vs 2-process validation on an odd
+number of images, and stage 1 (BasicSR's SRModel) through ``scripts/slurm_train.sh`` under a stand-in srun."""
 import glob
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
 import cv2
 import pytest
 import torch
-from tiny_workspace import OPTIONS, make_tiny_pairs, run_cli, tiny_stage_options
+from tiny_workspace import OPTIONS, REPO, make_tiny_pairs, run_cli, tiny_stage_options
 
 import cadyq_plugin  # noqa: F401  (compat shim before basicsr)
 from basicsr.archs import build_network
@@ -103,18 +105,112 @@ def test_resume_keeps_the_teacher_that_is_never_saved(tmp_path):
     assert opt['path']['pretrain_network_t'] == 'teacher.pth'
 
 
-# ------------------------------------------------------------------------------------------------ torchrun runs
-def torchrun(args, cwd, nproc=2, timeout=300):
-    """``torchrun --standalone --nproc_per_node N --no-python basicsr ARGS`` (a free port each time); falls back
-    to ``-m cadyq_plugin.cli`` when the console script is not beside this interpreter."""
-    script = os.path.join(os.path.dirname(sys.executable), 'basicsr')
-    target = ['--no-python', script] if os.path.isfile(script) else ['-m', 'cadyq_plugin.cli']
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc)] + target
-    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
-    proc = subprocess.run(cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+def _collectives_worker(rank, store, results):
+    """One of 2 gloo processes for :func:`test_collectives_on_two_processes`; writes its findings to results."""
+    import json
+
+    import torch.distributed as dist
+    from basicsr.models.base_model import BaseModel
+    torch.distributed.init_process_group('gloo', init_method=f'file://{store}', rank=rank, world_size=2)
+    found = {}
+    # loss terms and bit statistics are averaged over the ranks (BasicSR's reduce_loss_dict, to rank 0)
+    model = BaseModel({'num_gpu': 0, 'is_train': True, 'dist': True, 'rank': rank, 'world_size': 2})
+    logged = model.reduce_loss_dict({'l_pix': torch.tensor(1.0 + rank), 'avg_bit': torch.tensor(4.0 + 4 * rank)})
+    found['logged'] = logged
+    # rows of a sharded validation come back in dataset order on every rank
+    indices = distributed.shard_indices(3, rank, 2)
+    found['rows'] = distributed.gather_indexed([(i, f'img{i}') for i in indices])
+    # calibration writes local ranges; the hook's averaging makes them equal again
+    quant = PAMSQuant(8)
+    quant.calibrating = True
+    net = torch.nn.Sequential(quant).train()
+    distributed.attach_calibration_sync(net)
+    net(torch.full((1, 4), 2.0 + 2 * rank))
+    found['alpha'] = [quant.alpha.item(), quant.max_val.item()]
+    found['synced_after'] = distributed.unsynced_parameters(net)
+    with torch.no_grad():
+        quant.alpha.fill_(float(rank))
+    found['drift'] = distributed.unsynced_parameters(net)
+
+    # an error on one rank of a distributed validation reaches every rank instead of leaving them waiting
+    class Model:
+        opt = {}
+        net_g = torch.nn.Identity()
+
+        def get_bare_model(self, net):
+            return net
+
+        def evaluate_images(self, samples, dataset_name, current_iter, save_img):
+            if rank == 1:
+                raise ValueError('broken image')
+            return [{'name': str(i)} for i, _ in enumerate(samples)]
+
+        def finish_validation(self, *args):
+            raise AssertionError('must not be reached')
+
+    class Data(torch.utils.data.Dataset):
+        opt = {'name': 'tiny'}
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return torch.zeros(1)
+
+    try:
+        distributed.dist_validation(Model(), torch.utils.data.DataLoader(Data()), 1, None, False)
+        found['error'] = None
+    except RuntimeError as err:
+        found['error'] = str(err)
+    dist.destroy_process_group()
+    with open(os.path.join(results, f'{rank}.json'), 'w') as f:
+        json.dump(found, f)
+
+
+def test_collectives_on_two_processes(tmp_path):
+    import json
+    torch.multiprocessing.spawn(_collectives_worker, args=(str(tmp_path / 'store'), str(tmp_path)), nprocs=2)
+    found = [json.loads((tmp_path / f'{rank}.json').read_text()) for rank in range(2)]
+    assert found[0]['logged'] == {'l_pix': 1.5, 'avg_bit': 6.0}
+    assert found[0]['rows'] == found[1]['rows'] == ['img0', 'img1', 'img2']
+    assert found[0]['alpha'] == found[1]['alpha'] == [3.0, 3.0]
+    assert found[0]['synced_after'] == found[1]['synced_after'] == []
+    assert found[0]['drift'] == found[1]['drift'] == ['0.alpha']
+    assert all('rank 1: ValueError: broken image' in f['error'] for f in found)
+
+
+# ------------------------------------------------------------------------------------------------ 2-process runs
+BIN = os.path.dirname(sys.executable)  # where pip put the ``basicsr`` console script
+
+
+def run_env(**extra):
+    """This interpreter and its console scripts first on PATH; CPU only (gloo) even on a GPU machine."""
+    return dict(os.environ, PATH=BIN + os.pathsep + os.environ.get('PATH', ''), PYTHON=sys.executable,
+                OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', **extra)
+
+
+def check_run(cmd, cwd, env=None, timeout=300):
+    proc = subprocess.run(cmd, cwd=cwd, env=env or run_env(), capture_output=True, text=True, timeout=timeout)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
     return output
+
+
+def torchrun(args, cwd, nproc=2):
+    """``torchrun --standalone --nproc_per_node N --no-python basicsr ARGS`` (a free port each time)."""
+    return check_run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
+                      '--no-python', os.path.join(BIN, 'basicsr')] + list(args), cwd)
+
+
+def dist_train(opt, cwd, *args):
+    """``scripts/dist_train.sh 2 OPT ARGS`` (single node: torchrun --standalone, --launcher pytorch)."""
+    return check_run(['bash', os.path.join(REPO, 'scripts', 'dist_train.sh'), '2', opt] + list(args), cwd)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
 
 
 def validation_blocks(output):
@@ -169,7 +265,7 @@ def cadyq_options(ws, name='dist_cadyq'):
 def cadyq_run(workspace):
     """One uninterrupted 2-process CADyQ run: 4 iterations, checkpoints and validation every 2."""
     opt = cadyq_options(workspace)
-    output = torchrun(['train', '-opt', opt, '--launcher', 'pytorch'], cwd=workspace['root'])
+    output = dist_train(opt, workspace['root'])
     exp = os.path.join(workspace['root'], 'experiments', 'dist_cadyq')
     kept = os.path.join(workspace['root'], 'uninterrupted')
     shutil.copytree(exp, kept)
@@ -200,8 +296,7 @@ def test_resume_of_an_interrupted_two_process_run_repeats_it_exactly(workspace, 
     exp, kept = cadyq_run['exp'], cadyq_run['kept']
     for path in ('models/net_g_4.pth', 'models/net_g_latest.pth', 'training_states/4.state'):
         os.remove(os.path.join(exp, path))
-    output = torchrun(['train', '-opt', cadyq_run['opt'], '--launcher', 'pytorch', '--auto_resume'],
-                      cwd=workspace['root'])
+    output = dist_train(cadyq_run['opt'], workspace['root'], '--auto_resume')
     assert 'Resuming training from epoch: 1, iter: 2.' in output
     assert 'net_g_2.pth' in output and 'a frozen network is never saved' in output
     assert not re.search(r'iter:\s+[12], ', output.split('Resuming training')[1])
@@ -230,9 +325,10 @@ def test_validation_on_two_processes_equals_one_process_on_an_odd_number_of_imag
         derive_options(
             os.path.join(OPTIONS, 'test_cadyq_image.yml'), {
                 'name': f'val_{nproc}proc', 'num_gpu': 0, **TINY,
-                'datasets.test_2': None, 'datasets.test_3': None, 'datasets.test_4': None,
-                'datasets.test_1.dataroot_gt': os.path.join(workspace['val'], 'HR'),
-                'datasets.test_1.dataroot_lq': os.path.join(workspace['val'], 'LR'),
+                'datasets': {'test_1': {
+                    'name': 'Set5', 'type': 'PairedImageDataset', 'filename_tmpl': '{}', 'io_backend': {'type': 'disk'},
+                    'dataroot_gt': os.path.join(workspace['val'], 'HR'),
+                    'dataroot_lq': os.path.join(workspace['val'], 'LR')}},
                 'path.pretrain_network_g': os.path.join(cadyq_run['kept'], 'models', 'net_g_4.pth'),
             }, os.path.join(root, f'test_{nproc}proc.yml'))
         args = ['test', '-opt', os.path.join(root, f'test_{nproc}proc.yml')]
@@ -245,9 +341,53 @@ def test_validation_on_two_processes_equals_one_process_on_an_odd_number_of_imag
         pngs = sorted(glob.glob(os.path.join(root, 'results', f'val_{nproc}proc', 'visualization', 'Set5', '*.png')))
         images[nproc] = {os.path.basename(p).split('_val_')[0]: cv2.imread(p, cv2.IMREAD_UNCHANGED) for p in pngs}
     single, double = validation_blocks(outputs[1]), validation_blocks(outputs[2])
-    assert len(single) == len(double) == 1
-    assert single == double
+    assert len(single) == len(double) == 1 and single[0][0] == double[0][0] == 'Set5'
+    assert metric_values(single[0][1]) == metric_values(double[0][1])
     assert sorted(images[1]) == sorted(images[2]) == sorted(VAL_NAMES)
     assert all((images[1][name] == images[2][name]).all() for name in VAL_NAMES)
     trained = validation_blocks(cadyq_run['output'])[1][1]
     assert metric_values(trained) == metric_values(single[0][1])
+
+
+FAKE_SRUN = """#!{python}
+import os, subprocess, sys
+args = sys.argv[1:]
+options = []
+while args and args[0].startswith('--'):
+    options.append(args.pop(0))
+with open(os.environ['FAKE_SRUN_LOG'], 'w') as f:
+    f.write(' '.join(options))
+ntasks = int([o for o in options if o.startswith('--ntasks=')][0].split('=')[1])
+procs = [subprocess.Popen(args, env=dict(os.environ, SLURM_PROCID=str(r), SLURM_LOCALID=str(r),
+                                         SLURM_NTASKS=str(ntasks), SLURM_NODELIST='localhost'))
+         for r in range(ntasks)]
+sys.exit(max(p.wait() for p in procs))
+"""
+
+
+def test_stage1_srmodel_under_slurm_launcher(workspace, tmp_path):
+    """``scripts/slurm_train.sh`` with 2 CPU tasks: a stand-in ``srun`` starts them with Slurm's variables (and a
+    stand-in ``scontrol`` names the master); stage 1 (BasicSR's SRModel) trains under DDP and validates sharded."""
+    fake_bin = tmp_path / 'bin'
+    fake_bin.mkdir()
+    (fake_bin / 'srun').write_text(FAKE_SRUN.format(python=sys.executable))
+    (fake_bin / 'scontrol').write_text('#!/bin/sh\necho 127.0.0.1\n')
+    for tool in ('srun', 'scontrol'):
+        os.chmod(fake_bin / tool, 0o755)
+    opt = tiny_stage_options(
+        str(tmp_path), workspace['train'], 'train_edsrbaseline', 'fp', total_iter=2, **{
+            **TINY, 'name': 'slurm_fp', 'logger.use_tb_logger': False,
+            'datasets.val.dataroot_gt': os.path.join(workspace['val'], 'HR'),
+            'datasets.val.dataroot_lq': os.path.join(workspace['val'], 'LR'),
+        })
+    env = run_env(TASKS='2', GPUS_PER_NODE='0', FAKE_SRUN_LOG=str(tmp_path / 'srun.txt'))
+    env['PATH'] = str(fake_bin) + os.pathsep + env['PATH']
+    output = check_run(['bash', os.path.join(REPO, 'scripts', 'slurm_train.sh'), 'cpu', 'cadyq', opt,
+                        '--force_yml', f'dist_params:port={free_port()}'], str(tmp_path), env)
+    srun_options = (tmp_path / 'srun.txt').read_text().split()
+    assert '--ntasks=2' in srun_options and not any(o.startswith('--gres') for o in srun_options)
+    assert 'World size (gpu number): 2' in output and 'DistributedDataParallel - EDSR_CADyQ' in output
+    assert re.search(r'iter:\s+2, .*l_pix: ', output)
+    blocks = validation_blocks(output)
+    assert len(blocks) == 2 and all(set(metric_values(b)) == {'psnr', 'ssim'} for _, b in blocks)
+    assert os.path.isfile(tmp_path / 'experiments' / 'slurm_fp' / 'models' / 'net_g_latest.pth')
