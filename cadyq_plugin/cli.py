@@ -24,6 +24,17 @@ def normalize_basicsr_args(args):
     return normalized
 
 
+def leading_local_rank_last(argv):
+    """``python -m torch.distributed.launch`` (without ``--use-env``) puts ``--local-rank=N`` before the
+    command; move it behind the command, where BasicSR's parser expects it."""
+    leading = []
+    while argv and argv[0].startswith(('--local-rank', '--local_rank')):
+        leading.append(argv.pop(0))
+        if '=' not in leading[-1] and argv:
+            leading.append(argv.pop(0))
+    return argv[:1] + leading + argv[1:] if leading else argv
+
+
 def run_pipeline(command, args):
     """Run BasicSR's own ``train_pipeline``/``test_pipeline`` with the current directory as root."""
     import cadyq_plugin  # noqa: F401  (registration and compat shim before basicsr's pipelines import)
@@ -67,7 +78,7 @@ def report_error(command, err):
 
 
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = leading_local_rank_last(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ('-h', '--help'):
         print(USAGE)
         return 0

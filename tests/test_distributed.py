@@ -391,3 +391,12 @@ def test_stage1_srmodel_under_slurm_launcher(workspace, tmp_path):
     blocks = validation_blocks(output)
     assert len(blocks) == 2 and all(set(metric_values(b)) == {'psnr', 'ssim'} for _, b in blocks)
     assert os.path.isfile(tmp_path / 'experiments' / 'slurm_fp' / 'models' / 'net_g_latest.pth')
+
+
+def test_leading_local_rank_of_the_old_launcher_moves_behind_the_command():
+    from cadyq_plugin.cli import leading_local_rank_last
+    assert leading_local_rank_last(['--local-rank=1', 'train', '-opt', 'x.yml']) == \
+        ['train', '--local-rank=1', '-opt', 'x.yml']
+    assert leading_local_rank_last(['--local_rank', '0', 'train', '-opt', 'x.yml']) == \
+        ['train', '--local_rank', '0', '-opt', 'x.yml']
+    assert leading_local_rank_last(['train', '-opt', 'x.yml']) == ['train', '-opt', 'x.yml']
