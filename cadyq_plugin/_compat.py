@@ -285,8 +285,11 @@ def patch_reliability():
             raise
         except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError ... for a bad file
             path = opt['path'].get('resume_state')
-            raise CheckpointError(f'cannot load training state {path!r}: {type(err).__name__}: {err}. Move it out '
-                                  'of training_states to resume from the previous one') from err
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            reason = next((line for line in lines if 'Unsupported global' in line), lines[0] if lines else '')
+            raise CheckpointError(f'cannot load training state {path!r} with weights_only=True: '
+                                  f'{type(err).__name__}: {reason}. Move it out of training_states to resume from the '
+                                  'previous one') from err
         resume.set_pending_resume(state)
         return state
 

@@ -108,13 +108,14 @@ def _resolve_network(net_opt, key, problems):
     if not (isinstance(cls, type) and issubclass(cls, CADyQNet)):
         return None
     params = inspect.signature(cls).parameters
-    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    if not open_ended:
         for name in net_opt:
             if name != 'type' and name not in params:
                 problems.add(f'{key}.{name}', net_opt[name], f'not an argument of {arch_type}; its arguments are '
                              f'{sorted(params)}')
     resolved = {name: p.default for name, p in params.items() if p.default is not p.empty}
-    resolved.update(net_opt)
+    resolved.update((name, value) for name, value in net_opt.items() if open_ended or name in params or name == 'type')
     if resolved.get('quant_mode') not in QUANT_MODES:
         problems.add(f'{key}.quant_mode', resolved.get('quant_mode'), f'expected one of {list(QUANT_MODES)}')
     try:
@@ -241,7 +242,7 @@ def _check_teacher(opt, phase, student, problems):
         problems.missing('path.pretrain_network_t', 'network_t is set, so the teacher needs its weights (the '
                          'previous stage\'s checkpoint)')
     if phase == 'train' and train.get('bit_opt') is not None and student is not None:
-        if student.get('quant_mode') != 'cadyq':
+        if student.get('quant_mode') in ('fp', 'pams'):
             problems.add('train.bit_opt', train['bit_opt'].get('type') if isinstance(train['bit_opt'], dict) else
                          train['bit_opt'], f'needs network_g.quant_mode cadyq (bit selectors); it is '
                          f'{student.get("quant_mode")!r}, so the bit loss would silently do nothing')

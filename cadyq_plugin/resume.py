@@ -88,17 +88,25 @@ class ResumableSampler(EnlargedSampler):
         self._resume = None
 
     def resume(self, epoch, skip, rng_state=None):
-        """In epoch ``epoch`` start after the first ``skip`` samples; restore ``rng_state`` before drawing."""
+        """In epoch ``epoch`` start after the first ``skip`` samples; restore ``rng_state`` before drawing.
+
+        Holds for every iteration over epoch ``epoch`` until :meth:`set_epoch` moves to another epoch: BasicSR's
+        ``CPUPrefetcher`` makes a throwaway iterator before the training loop calls ``set_epoch`` and ``reset``
+        (with workers, that iterator already draws indices), and the last one made is the one that trains.
+        """
         self._resume = (int(epoch), int(skip), rng_state)
+
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        if self._resume is not None and self._resume[0] != epoch:
+            self._resume = None
 
     def __iter__(self):
         indices = list(super().__iter__())
         start = 0
-        if self._resume is not None and self._resume[0] <= self.epoch:
-            epoch, skip, rng_state = self._resume
-            self._resume = None
-            if epoch == self.epoch:
-                start = min(skip, len(indices))
+        if self._resume is not None and self._resume[0] == self.epoch:
+            _, skip, rng_state = self._resume
+            start = min(skip, len(indices))
             if rng_state is not None:
                 # the interrupted run was about to draw the next batch with exactly these generator states
                 restore_rng_state(rng_state)

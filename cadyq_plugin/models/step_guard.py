@@ -24,11 +24,18 @@ class TrainingDivergedError(RuntimeError):
 
 
 def mutable_state(net):
-    """Tensors a forward pass may change in place: all buffers and the PAMS ranges (``alpha``, written by
-    calibration)."""
+    """Tensors a forward pass may change in place: persistent buffers (BatchNorm statistics, ...) and, while
+    calibrating, the PAMS ranges (``alpha`` and ``max_val``, written from the batch). Outside calibration a PAMS
+    range changes only by the optimizer step, which a bad step skips."""
     from cadyq_plugin.quant import PAMSQuant
-    tensors = list(net.buffers())
-    tensors += [m.alpha for m in net.modules() if isinstance(m, PAMSQuant)]
+    tensors = []
+    for module in net.modules():
+        if isinstance(module, PAMSQuant):
+            if module.calibrating:
+                tensors += [module.alpha, module.max_val]
+            continue
+        skip = getattr(module, '_non_persistent_buffers_set', set())
+        tensors += [buf for name, buf in module.named_buffers(recurse=False) if name not in skip]
     return tensors
 
 
