@@ -32,38 +32,36 @@ class _PAMSQuantize(torch.autograd.Function):
     """y = round(clamp(x, -a, a) / a * q) / q * a, with straight-through rounding.
 
     ``alpha`` and ``q`` broadcast against ``x`` (scalars, or per-sample ``[B, 1, 1, 1]``).
-    Gradients (autograd on the expression with an identity round):
-      dy/dx = 1 inside [-a, a], 0 outside (always 1 without clipping);
-      dy/da = round(u) / q - x / a inside, +1 above a, -1 below -a (u = c / a * q).
+    Gradients (autograd on the expression with an identity round), see :func:`pams_alpha_derivative`:
+      dy/dx = 1 inside [-a, a], 0 outside (always 1 without clipping).
+    The backward reuses the saved output instead of recomputing the quantization (the next conv keeps that
+    tensor for its own backward anyway, so saving it costs no memory).
     """
 
     @staticmethod
     def forward(ctx, x, alpha, q, clip_range):
         c = clip(x, alpha) if clip_range else x
         y = quantized_level(c, alpha, q).mul_(alpha)
-        ctx.save_for_backward(x, alpha, q)
+        ctx.save_for_backward(x, alpha, y)
         ctx.clip = clip_range
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        x, alpha, q = ctx.saved_tensors
+        x, alpha, y = ctx.saved_tensors
         grad_x = grad_alpha = None
-        inside = (x >= -alpha) & (x <= alpha) if ctx.clip else None
+        inside = x.abs() <= alpha if ctx.clip else None
         if ctx.needs_input_grad[0]:
             grad_x = grad_y * inside if ctx.clip else grad_y
         if ctx.needs_input_grad[1]:
-            grad_alpha = _sum_to_shape(grad_y * pams_alpha_derivative(x, alpha, q, inside), alpha.shape)
+            grad_alpha = _sum_to_shape(grad_y * pams_alpha_derivative(x, alpha, y, inside), alpha.shape)
         return grad_x, grad_alpha, None, None
 
 
-def pams_alpha_derivative(x, alpha, q, inside=None):
-    """dy/dalpha of the PAMS expression (``inside`` = mask of the unclipped region, None without clipping)."""
-    c = clip(x, alpha) if inside is not None else x
-    d_alpha = quantized_level(c, alpha, q).sub_(c / alpha)
-    if inside is not None:
-        d_alpha = torch.where(inside, d_alpha, torch.sign(x))
-    return d_alpha
+def pams_alpha_derivative(x, alpha, y, inside=None):
+    """dy/dalpha of the PAMS expression, from its output ``y`` (``inside``: mask of ``|x| <= alpha``, None
+    without clipping): ``round(u) / q - x / a = (y - x) / a`` inside, ``sign(x) = y / a`` outside."""
+    return ((y - x * inside) if inside is not None else (y - x)) / alpha
 
 
 def _sum_to_shape(t, shape):

@@ -44,15 +44,16 @@ class _SelectQuantize(torch.autograd.Function):
         grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         grad_alphas = torch.zeros_like(alphas)
         grad_probs = torch.zeros_like(probs)
+        x_abs = x.abs() if ctx.clip else None
         for k in range(alphas.numel()):
             a, q, p_k = alphas[k], qs[k], probs[:, k].view(shape)
-            inside = (x >= -a) & (x <= a) if ctx.clip else None
-            c = clip(x, a) if ctx.clip else x
-            grad_probs[:, k] = (grad_y * quantized_level(c, a, q).mul_(a)).sum(dim=reduce_dims)
+            inside = x_abs <= a if ctx.clip else None
+            y_k = quantized_level(clip(x, a) if ctx.clip else x, a, q).mul_(a)
+            grad_probs[:, k] = (grad_y * y_k).sum(dim=reduce_dims)
             weighted = grad_y * p_k
             if grad_x is not None:
                 grad_x += weighted * inside if ctx.clip else weighted
-            grad_alphas[k] = (weighted * pams_alpha_derivative(x, a, q, inside)).sum()
+            grad_alphas[k] = (weighted * pams_alpha_derivative(x, a, y_k, inside)).sum()
         return grad_x, grad_alphas, None, None, grad_probs, None
 
 
