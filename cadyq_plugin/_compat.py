@@ -170,7 +170,7 @@ def patch_reliability():
     from basicsr.models.base_model import BaseModel
     from basicsr.models.sr_model import SRModel
     from basicsr.utils import get_root_logger
-    from basicsr.utils.dist_util import master_only
+    from basicsr.utils.dist_util import get_dist_info, master_only
 
     from cadyq_plugin import resume
     from cadyq_plugin.checkpoint import CheckpointError, atomic_save, extract_state_dict, load_checkpoint
@@ -207,14 +207,17 @@ def patch_reliability():
                                      for k, v in state_dict.items()}
         save_with_retry(save_dict, save_path, 'network')
 
-    @master_only
     def save_training_state(self, epoch, current_iter):
         if current_iter == -1:
+            return
+        rng_states = resume.gather_rng_states()  # a collective: every rank's generators, in rank order
+        if get_dist_info()[0] != 0:
             return
         state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
                  'schedulers': [s.state_dict() for s in self.schedulers]}
         guard = getattr(self, 'step_guard', None)
-        state[resume.STATE_KEY] = {'rng': resume.capture_rng_state(), 'bad_steps': guard.bad_steps if guard else 0}
+        state[resume.STATE_KEY] = {'rng': rng_states[0], 'rng_per_rank': rng_states,
+                                   'bad_steps': guard.bad_steps if guard else 0}
         save_path = os.path.join(self.opt['path']['training_states'], f'{current_iter}.state')
         save_with_retry(state, save_path, 'training state')
 
@@ -310,7 +313,8 @@ def patch_reliability():
                                    'epoch restarts from its first batch')
                 else:
                     logger.info(f'resume: epoch {state["epoch"]} continues after its first {consumed} batches')
-                train_sampler.resume(state['epoch'], (consumed or 0) * train_loader.batch_size, extra.get('rng'))
+                train_sampler.resume(state['epoch'], (consumed or 0) * train_loader.batch_size,
+                                     resume.rng_state_for_rank(extra, opt['rank']))
         return result
 
     save_network._cadyq_patched = True

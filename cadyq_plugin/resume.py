@@ -56,6 +56,23 @@ def restore_rng_state(state):
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
+def gather_rng_states():
+    """Every rank's generator states in rank order (a collective in distributed runs: call it on all ranks)."""
+    state = capture_rng_state()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [state]
+    states = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def rng_state_for_rank(extra, rank):
+    """The saved generator states of ``rank`` (each rank continues its own sequence), or rank 0's for a state
+    saved by a run with fewer ranks."""
+    states = extra.get('rng_per_rank') or []
+    return states[rank] if rank < len(states) else extra.get('rng')
+
+
 class preserved_rng_state:  # noqa: N801  (a context manager, used like a function)
     """``with preserved_rng_state(): ...`` leaves the global generators as it found them (for validation,
     which must not change what training draws next)."""

@@ -61,7 +61,7 @@ def test_three_stages_and_test(backbone, data_root, tmp_path):
     test_opt = os.path.join(workdir, 'test.yml')
     derive_options(os.path.join(OPTIONS, test_options), {
         'num_gpu': 0,
-        'datasets': {'test_1': {'name': 'Tiny', 'type': 'PairedImageDataset', 'dataroot_gt': f'{data_root}/HR',
+        'datasets': {'test_1': {'name': 'Tiny', 'type': 'CADyQPairedImageDataset', 'dataroot_gt': f'{data_root}/HR',
                                 'dataroot_lq': f'{data_root}/LR', 'filename_tmpl': '{}',
                                 'io_backend': {'type': 'disk'}}},
         'path.pretrain_network_g': f'experiments/{names[2]}/models/net_g_latest.pth',

@@ -131,6 +131,14 @@ def _collectives_worker(rank, store, results):
     with torch.no_grad():
         quant.alpha.fill_(float(rank))
     found['drift'] = distributed.unsynced_parameters(net)
+    # a training state keeps every rank's generators; on resume each rank continues its own sequence
+    from cadyq_plugin import resume
+    torch.manual_seed(100 + rank)
+    states = resume.gather_rng_states()
+    expected_next = torch.rand(3).tolist()
+    torch.manual_seed(0)
+    resume.restore_rng_state(resume.rng_state_for_rank({'rng': states[0], 'rng_per_rank': states}, rank))
+    found['rng'] = [len(states), torch.rand(3).tolist() == expected_next]
 
     # an error on one rank of a distributed validation reaches every rank instead of leaving them waiting
     class Model:
@@ -176,6 +184,7 @@ def test_collectives_on_two_processes(tmp_path):
     assert found[0]['alpha'] == found[1]['alpha'] == [3.0, 3.0]
     assert found[0]['synced_after'] == found[1]['synced_after'] == []
     assert found[0]['drift'] == found[1]['drift'] == ['0.alpha']
+    assert found[0]['rng'] == found[1]['rng'] == [2, True]
     assert all('rank 1: ValueError: broken image' in f['error'] for f in found)
 
 

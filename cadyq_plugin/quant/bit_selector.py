@@ -4,8 +4,7 @@ import math
 import torch
 import torch.nn as nn
 
-from cadyq_plugin.quant.act_quant import (PAMSQuant, batch_max_abs, clip, levels, pams_alpha_derivative,
-                                           quantized_level)
+from cadyq_plugin.quant.act_quant import PAMSQuant, alpha_gradient_terms, batch_max_abs, levels, quantized_level
 
 
 def check_candidate_bits(bits):
@@ -30,30 +29,34 @@ class _SelectQuantize(torch.autograd.Function):
     def forward(ctx, x, alphas, qs, choice, probs, clip_range):
         shape = (-1,) + (1,) * (x.dim() - 1)
         alpha, q = alphas[choice].view(shape), qs[choice].view(shape)
-        c = clip(x, alpha) if clip_range else x
-        y = quantized_level(c, alpha, q).mul_(alpha)
+        y = quantized_level(x, alpha, q, clip_range).mul_(alpha)
         ctx.save_for_backward(x, alphas, qs, probs)
         ctx.clip = clip_range
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
+        """Per candidate k: dL/dp_k = sum(grad * Q_k), dL/dalpha_k = sum_b p_k[b] sum(grad * dQ_k/dalpha_k),
+        dL/dx = grad * sum_k p_k * [|x| <= alpha_k] (grad without clipping, as sum_k p_k = 1)."""
         x, alphas, qs, probs = ctx.saved_tensors
         shape = (-1,) + (1,) * (x.dim() - 1)
         reduce_dims = tuple(range(1, x.dim()))
-        grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
         grad_alphas = torch.zeros_like(alphas)
         grad_probs = torch.zeros_like(probs)
         x_abs = x.abs() if ctx.clip else None
+        pass_through = torch.zeros_like(x) if ctx.clip else None
         for k in range(alphas.numel()):
-            a, q, p_k = alphas[k], qs[k], probs[:, k].view(shape)
+            a, q, p_k = alphas[k], qs[k], probs[:, k]
             inside = x_abs <= a if ctx.clip else None
-            y_k = quantized_level(clip(x, a) if ctx.clip else x, a, q).mul_(a)
-            grad_probs[:, k] = (grad_y * y_k).sum(dim=reduce_dims)
-            weighted = grad_y * p_k
-            if grad_x is not None:
-                grad_x += weighted * inside if ctx.clip else weighted
-            grad_alphas[k] = (weighted * pams_alpha_derivative(x, a, y_k, inside)).sum()
+            q_k = quantized_level(x, a, q, ctx.clip).mul_(a)
+            per_sample = alpha_gradient_terms(x, a, q_k, inside, grad_y).sum(dim=reduce_dims)
+            grad_alphas[k] = (p_k * per_sample).sum()
+            grad_probs[:, k] = q_k.mul_(grad_y).sum(dim=reduce_dims)
+            if ctx.clip:
+                pass_through.add_(inside.to(x.dtype).mul_(p_k.view(shape)))
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_y * pass_through if ctx.clip else grad_y.clone()
         return grad_x, grad_alphas, None, None, grad_probs, None
 
 

@@ -69,7 +69,7 @@ def test_overrides(data, stage, train_opt_path, test_opt_path, name):
         metrics = {k: v for k, v in metrics.items() if v['type'] != 'calculate_avg_bit'}
     return {
         'name': name,
-        'datasets': {'test_1': {'name': 'quickstart_val', 'type': 'PairedImageDataset',
+        'datasets': {'test_1': {'name': 'quickstart_val', 'type': 'CADyQPairedImageDataset',
                                 'dataroot_gt': str(data['val_gt']), 'dataroot_lq': str(data['val_lq']),
                                 'filename_tmpl': '{}', 'io_backend': {'type': 'disk'}}},
         'network_g': dict(train_opt['network_g']),
