@@ -54,7 +54,7 @@ class _PAMSQuantize(torch.autograd.Function):
         grad_x = grad_alpha = None
         inside = x.abs() <= alpha if ctx.clip else None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_y * inside if ctx.clip else grad_y
+            grad_x = torch.where(inside, grad_y, 0.0) if ctx.clip else grad_y
         if ctx.needs_input_grad[1]:
             grad_alpha = _sum_to_shape(alpha_gradient_terms(x, alpha, y, inside, grad_y), alpha.shape)
         return grad_x, grad_alpha, None, None
@@ -63,7 +63,7 @@ class _PAMSQuantize(torch.autograd.Function):
 def alpha_gradient_terms(x, alpha, y, inside, grad_y):
     """``grad_y * dy/dalpha`` per element, from the output ``y`` (``inside``: mask of ``|x| <= alpha``, None
     without clipping): ``dy/dalpha = round(u) / q - x / a = (y - x) / a`` inside, ``sign(x) = y / a`` outside."""
-    terms = x * inside if inside is not None else x.clone()
+    terms = torch.where(inside, x, 0.0) if inside is not None else x.clone()
     return torch.sub(y, terms, out=terms).div_(alpha).mul_(grad_y)
 
 

@@ -53,7 +53,7 @@ class _SelectQuantize(torch.autograd.Function):
             grad_alphas[k] = (p_k * per_sample).sum()
             grad_probs[:, k] = q_k.mul_(grad_y).sum(dim=reduce_dims)
             if ctx.clip:
-                pass_through.add_(inside.to(x.dtype).mul_(p_k.view(shape)))
+                pass_through.add_(torch.where(inside, p_k.view(shape), 0.0))
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = grad_y * pass_through if ctx.clip else grad_y.clone()
