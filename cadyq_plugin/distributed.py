@@ -295,6 +295,8 @@ def dist_validation(model, dataloader, current_iter, tb_logger, save_img):
     (CADyQModel), else the same two steps written after BasicSR's ``SRModel.nondist_validation``.
     """
     from basicsr.utils import get_root_logger
+
+    from cadyq_plugin.models.validation import average_rows
     rank, world_size = get_dist_info()
     dataset_name = dataloader.dataset.opt['name']
     net = model.get_bare_model(model.net_g)
@@ -304,7 +306,7 @@ def dist_validation(model, dataloader, current_iter, tb_logger, save_img):
         get_root_logger().warning(f'{len(drifted)} parameters differ between ranks (first: {drifted[:5]}); '
                                   'validating each rank\'s own copy')
     evaluate = getattr(model, 'evaluate_images', None) or functools.partial(sr_evaluate_images, model)
-    finish = getattr(model, 'finish_validation', None) or functools.partial(sr_finish_validation, model)
+    finish = getattr(model, 'finish_validation', None) or functools.partial(average_rows, model)
     indices, loader = shard_dataloader(dataloader, rank, world_size)
     rows, error = [], None
     try:
@@ -326,6 +328,8 @@ def sr_evaluate_images(model, samples, dataset_name, current_iter, save_img):
 
     from basicsr.metrics import calculate_metric
     from basicsr.utils import imwrite, tensor2img
+
+    from cadyq_plugin.models.validation import visualization_path
     metrics_opt = model.opt['val'].get('metrics') or {}
     rows = []
     for val_data in samples:
@@ -339,32 +343,11 @@ def sr_evaluate_images(model, samples, dataset_name, current_iter, save_img):
             del model.gt
         del model.lq, model.output
         if save_img:
-            if model.opt['is_train']:
-                path = osp.join(model.opt['path']['visualization'], img_name, f'{img_name}_{current_iter}.png')
-            else:
-                suffix = model.opt['val'].get('suffix') or model.opt['name']
-                path = osp.join(model.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
-            imwrite(metric_data['img'], path)
+            imwrite(metric_data['img'], visualization_path(model.opt, dataset_name, img_name, current_iter))
         row = {'name': img_name}
         row.update({name: calculate_metric(metric_data, opt_) for name, opt_ in metrics_opt.items()})
         rows.append(row)
     return rows
-
-
-def sr_finish_validation(model, dataset_name, rows, current_iter, tb_logger):
-    """BasicSR ``SRModel.nondist_validation``'s ending: mean (summed in image order), best records, logging."""
-    metrics_opt = model.opt['val'].get('metrics') or {}
-    if not metrics_opt or not rows:
-        return
-    model._initialize_best_metric_results(dataset_name)
-    model.metric_results = {}
-    for name in metrics_opt:
-        total = 0
-        for row in rows:
-            total += row[name]
-        model.metric_results[name] = total / len(rows)
-        model._update_best_metric_result(dataset_name, name, model.metric_results[name], current_iter)
-    model._log_validation_metric_values(current_iter, dataset_name, tb_logger)
 
 
 def sr_test(model):

@@ -15,6 +15,7 @@ from cadyq_plugin.checkpoint import extract_state_dict, load_checkpoint
 from cadyq_plugin.data.patches import PatchStitcher, iter_patch_batches
 from cadyq_plugin.metrics import MACCounter
 from cadyq_plugin.models.stage_loading import load_stage_weights
+from cadyq_plugin.models.validation import average_rows, visualization_path
 from cadyq_plugin.reporting import (log_bit_histograms, log_bit_map, render_bit_map, save_bit_map,
                                     write_results_table)
 from cadyq_plugin.models.step_guard import checkpoint_dirs, get_step_guard
@@ -213,7 +214,7 @@ class CADyQModel(SRModel):
             row.update({name: float(calculate_metric(metric_data, opt_)) for name, opt_ in metrics_opt.items()})
             row['bits'] = torch.stack([f['bits'] for f in self.forwards])
             if save_img:
-                sr_path = self._visualization_path(dataset_name, img_name, current_iter)
+                sr_path = visualization_path(self.opt, dataset_name, img_name, current_iter)
                 imwrite(sr_img, sr_path)
                 if row['bits'].numel():
                     save_bit_map(sr_path, sr_img, self.regions, self._fabs(), bit_range=self._bit_range())
@@ -228,18 +229,14 @@ class CADyQModel(SRModel):
         return rows
 
     def finish_validation(self, dataset_name, rows, current_iter, tb_logger):
-        """Average the per-image rows, update best-metric records and log (rank 0 only in distributed runs)."""
-        metrics_opt = self.opt['val'].get('metrics') or {}
-        if not metrics_opt or not rows:
+        """Average the per-image rows, update best-metric records and log (rank 0 only in distributed runs);
+        TensorBoard bit visuals in training, results tables in tests."""
+        if not average_rows(self, dataset_name, rows, current_iter, tb_logger):
             return
-        self._initialize_best_metric_results(dataset_name)
-        self.metric_results = {name: sum(row[name] for row in rows) / len(rows) for name in metrics_opt}
-        for name, value in self.metric_results.items():
-            self._update_best_metric_result(dataset_name, name, value, current_iter)
-        self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
         self._log_bit_visuals(dataset_name, rows, current_iter, tb_logger)
         if not self.opt['is_train']:
-            csv_path, _ = write_results_table(rows, self.opt['path']['results_root'], dataset_name, list(metrics_opt))
+            metric_names = list(self.opt['val']['metrics'])
+            csv_path, _ = write_results_table(rows, self.opt['path']['results_root'], dataset_name, metric_names)
             get_root_logger().info(f'Results table of {dataset_name}: {csv_path} (and .md)')
 
     def _fabs(self):
@@ -265,13 +262,6 @@ class CADyQModel(SRModel):
                 log_bit_map(tb_logger, f'bit_maps/{dataset_name}/{row["name"]}', row['bit_map'], current_iter)
         log_bit_histograms(tb_logger, f'bits/{dataset_name}', torch.cat([row['bits'] for row in rows]),
                            current_iter)
-
-    def _visualization_path(self, dataset_name, img_name, current_iter):
-        if self.opt['is_train']:
-            return osp.join(self.opt['path']['visualization'], img_name, f'{img_name}_{current_iter}.png')
-        suffix = self.opt['val'].get('suffix') or self.opt['name']
-        return osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
-
 
 def _make_optimizer(optim_type, groups):
     optim_cls = getattr(torch.optim, optim_type, None)
