@@ -89,7 +89,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--arch', choices=sorted(BACKBONE_OPTIONS), default='edsr')
     parser.add_argument('--workdir', default='quickstart_workdir', help='everything is written under here')
-    parser.add_argument('--iters', type=int, nargs=3, default=(200, 100, 100), metavar=('FP', 'PAMS', 'CADYQ'))
+    parser.add_argument('--iters', type=int, nargs=3, default=(300, 150, 150), metavar=('FP', 'PAMS', 'CADYQ'))
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument('--gt-size', type=int, default=64, help='HR training patch size')
     args = parser.parse_args(argv)
