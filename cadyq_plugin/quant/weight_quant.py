@@ -1,18 +1,30 @@
 """Per-tensor symmetric weight quantization and the convolution that uses it (SPEC §1)."""
+import torch
 import torch.nn as nn
 
-from cadyq_plugin.quant.ste import ste_round
+
+class _QuantizeWeight(torch.autograd.Function):
+    """Forward: ``round(W * q / m) * m / q`` on one buffer; backward: the identity (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, weight, bits):
+        q = 2**(bits - 1) - 1
+        m = weight.abs().max() + 1e-8
+        return (weight * q).div_(m).round_().mul_(m).div_(q)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
 
 
 def quantize_weight(weight, bits):
-    """Quantize ``weight`` to ``bits`` with a per-tensor scale ``max|W| + 1e-8``, recomputed every call.
+    """Quantize ``weight`` to ``bits`` with a per-tensor scale ``max|W| + 1e-8``, recomputed every call; the
+    gradient passes straight through to ``weight`` (the scale is treated as a constant).
 
     The operation order (``W * q / m`` then ``* m / q``) is the reference's: rounding is discontinuous, so a
     reordered formula would move values across rounding boundaries.
     """
-    q = 2**(bits - 1) - 1
-    m = weight.detach().abs().max() + 1e-8
-    return ste_round(weight * q / m) * m / q
+    return _QuantizeWeight.apply(weight, bits)
 
 
 class QConv2d(nn.Conv2d):
