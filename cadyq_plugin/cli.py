@@ -1,6 +1,5 @@
 """The ``basicsr`` command: BasicSR's train/test pipelines with the plugin registered, plus ``bitops`` and
 ``convert``. Experiments, results and TensorBoard logs land under the current directory."""
-import argparse
 import os
 import sys
 

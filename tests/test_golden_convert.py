@@ -8,7 +8,7 @@ import cadyq_plugin  # noqa: F401
 from cadyq_plugin.archs import EDSR_CADyQ
 from cadyq_plugin.checkpoint import CheckpointError
 from cadyq_plugin.cli import main as cli_main
-from cadyq_plugin.convert import convert_checkpoint, convert_state_dict
+from cadyq_plugin.convert import convert_state_dict
 
 SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference')
 GOLDEN = os.path.join(SHARED, 'edsr_cadyq_golden.pt')

@@ -1,5 +1,6 @@
 """What every CADyQ architecture shares: the quantization mode, the bit record of a forward pass and the
 ``forward(x, return_aux)`` contract of DESIGN.md."""
+import torch
 import torch.nn as nn
 
 from cadyq_plugin.quant import ActQuantFactory, BitRecord, assign_selector_indices, image_gradient_feature
@@ -21,6 +22,12 @@ class CADyQNet(nn.Module):
         self.calib_iters = int(calib_iters)
         self.grad_scale = float(grad_scale)
         self.n_selectors = 0
+
+    def register_mean(self, rgb_mean, img_range):
+        """The RGB mean on the network's internal scale, as a buffer ``mean`` that checkpoints do not store
+        (the original's frozen mean-shift convs; the converter checks them against it)."""
+        mean = torch.tensor(rgb_mean, dtype=torch.float32).view(1, 3, 1, 1) * img_range
+        self.register_buffer('mean', mean, persistent=False)
 
     def finish_build(self):
         self.n_selectors = assign_selector_indices(self)

@@ -106,8 +106,7 @@ class CARN_CADyQ(CADyQNet):
                  grad_scale=1.0):
         super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale)
         self.img_range = img_range
-        self.register_buffer('mean', torch.tensor(rgb_mean, dtype=torch.float32).view(1, 3, 1, 1) * img_range,
-                             persistent=False)
+        self.register_mean(rgb_mean, img_range)
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         self.body = nn.ModuleList(CascadingBlock(self.quant, num_feat, num_res_block) for _ in range(num_block))
         self.fusions = cascade_fusions(num_feat, num_block)

@@ -1,7 +1,6 @@
 """EDSR-baseline with CADyQ (SPEC §3): 16 residual blocks, two bit selectors per block."""
 import math
 
-import torch
 import torch.nn as nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
@@ -70,8 +69,7 @@ class EDSR_CADyQ(CADyQNet):
                  grad_scale=1e3):
         super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale)
         self.img_range = img_range
-        self.register_buffer('mean', torch.tensor(rgb_mean, dtype=torch.float32).view(1, 3, 1, 1) * img_range,
-                             persistent=False)
+        self.register_mean(rgb_mean, img_range)
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         self.body = nn.ModuleList(QuantResBlock(self.quant, num_feat, res_scale) for _ in range(num_block))
         self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)

@@ -125,7 +125,7 @@ def main(argv=None):
 
 def format_table(arch, rows):
     lines = [f'\n{arch} x4 on the quickstart validation images (Y-channel PSNR/SSIM, BitOPs per image):',
-             f'| stage | PSNR (dB) | SSIM | FAB | BitOPs (G) |', '|---|---:|---:|---:|---:|']
+             '| stage | PSNR (dB) | SSIM | FAB | BitOPs (G) |', '|---|---:|---:|---:|---:|']
     for stage, mean in rows:
         fab = mean.get('FAB') or '32 (FP)'
         lines.append(f'| {stage} | {mean["PSNR (dB)"]} | {mean["SSIM"]} | {fab} | {mean["BitOPs (G)"]} |')
