@@ -92,3 +92,42 @@ def test_image_wise_is_one_forward(setup):
     with torch.no_grad():
         assert torch.equal(out, net(lq))
     assert len(forwards) == 1 and regions == [(0, out.shape[2], 0, out.shape[3])]
+
+
+PATCHWISE_MEMORY_SCRIPT = r'''
+import resource, sys, torch
+import cadyq_plugin
+from cadyq_plugin.models import CADyQModel
+torch.manual_seed(0)
+opt = {'name': 'big', 'num_gpu': 0, 'is_train': False, 'dist': False, 'rank': 0, 'world_size': 1,
+       'network_g': {'type': 'EDSR_CADyQ', 'num_feat': 8, 'num_block': 1, 'upscale': 4},
+       'path': {'pretrain_network_g': None}, 'val': {'patchwise': {'patch': 96, 'step': 90, 'batch': 8}}}
+model = CADyQModel(opt)
+model.lq = torch.rand(1, 3, int(sys.argv[1]), int(sys.argv[2]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model.test()
+growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(len(model.forwards), model.output.numel() * 4 / 2**20, growth)
+'''
+
+
+def patchwise_memory(lr_h, lr_w):
+    """(patches, output MiB, peak RSS growth MiB) of a patch-wise test() in a fresh process."""
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, '-c', PATCHWISE_MEMORY_SCRIPT, str(lr_h), str(lr_w)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    n_patches, output_mib, growth_mib = result.stdout.split()
+    return int(n_patches), float(output_mib), float(growth_mib)
+
+
+def test_8k_output_runs_patchwise_on_the_cpu_with_memory_bounded_by_the_batch():
+    """LR 1080x2048 at x4 (an 8K output) runs on the CPU. Holding all 242 SR patches would add 428 MiB on top of
+    the 405 MiB output (107 MiB for the quarter-size image); with bounded memory, what the peak adds beyond the
+    output is the same for both sizes (one batch)."""
+    n_large, out_large, growth_large = patchwise_memory(1080, 2048)
+    n_small, out_small, growth_small = patchwise_memory(540, 1024)
+    assert n_large == 11 * 22 and n_small == 5 * 11  # starts 0, 90, ..., 900 x 0, 90, ..., 1890
+    assert out_large == pytest.approx(405, abs=1)
+    assert (growth_large - out_large) - (growth_small - out_small) < 150
