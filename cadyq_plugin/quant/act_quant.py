@@ -5,6 +5,8 @@ and by the bit selector. It keeps the reference's operation order in the forward
 ``/ q * alpha``) and computes the PAMS gradients analytically in the backward, which saves the intermediate
 tensors autograd would keep (about half the memory and time of the composed expression).
 """
+import math
+
 import torch
 import torch.nn as nn
 
@@ -35,10 +37,11 @@ class _PAMSQuantize(torch.autograd.Function):
     """y = round(clamp(x, -a, a) / a * q) / q * a, with straight-through rounding.
 
     ``alpha`` and ``q`` broadcast against ``x`` (scalars, or per-sample ``[B, 1, 1, 1]``).
-    Gradients (autograd on the expression with an identity round), see :func:`alpha_gradient_terms`:
-      dy/dx = 1 inside [-a, a], 0 outside (always 1 without clipping).
-    The backward reuses the saved output instead of recomputing the quantization (the next conv keeps that
-    tensor for its own backward anyway, so saving it costs no memory).
+    Gradients (autograd on the expression with an identity round):
+      dy/dx = 1 inside [-a, a], 0 outside (always 1 without clipping);
+      dy/da = round(u) / q - x / a = (y - x) / a inside, sign(x) = y / a outside,
+    so ``dL/da = (sum(g * y) - sum(dL/dx * x)) / a``: two dot products, no temporary tensors.
+    The backward reuses the saved output (the next conv keeps that tensor anyway, so saving it costs no memory).
     """
 
     @staticmethod
@@ -51,28 +54,19 @@ class _PAMSQuantize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, alpha, y = ctx.saved_tensors
-        grad_x = grad_alpha = None
-        inside = x.abs() <= alpha if ctx.clip else None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.where(inside, grad_y, 0.0) if ctx.clip else grad_y
+        grad_x = torch.where(x.abs() <= alpha, grad_y, 0.0) if ctx.clip else grad_y
+        grad_alpha = None
         if ctx.needs_input_grad[1]:
-            grad_alpha = _sum_to_shape(alpha_gradient_terms(x, alpha, y, inside, grad_y), alpha.shape)
-        return grad_x, grad_alpha, None, None
+            grad_alpha = (dot_to_shape(grad_y, y, alpha.shape) - dot_to_shape(grad_x, x, alpha.shape)) / alpha
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_alpha, None, None
 
 
-def alpha_gradient_terms(x, alpha, y, inside, grad_y):
-    """``grad_y * dy/dalpha`` per element, from the output ``y`` (``inside``: mask of ``|x| <= alpha``, None
-    without clipping): ``dy/dalpha = round(u) / q - x / a = (y - x) / a`` inside, ``sign(x) = y / a`` outside."""
-    terms = torch.where(inside, x, 0.0) if inside is not None else x.clone()
-    return torch.sub(y, terms, out=terms).div_(alpha).mul_(grad_y)
-
-
-def _sum_to_shape(t, shape):
-    """Reduce a broadcast gradient back to ``shape``."""
-    if t.shape == shape:
-        return t
-    dims = [i for i, (a, b) in enumerate(zip(t.shape, (1,) * (t.dim() - len(shape)) + tuple(shape))) if b == 1]
-    return t.sum(dim=dims, keepdim=True).reshape(shape)
+def dot_to_shape(a, b, shape):
+    """``sum(a * b)`` reduced to ``shape``: one scalar (``torch.dot``, no temporary), or one per sample (a
+    multiply-and-sum: batched matmul is far slower for this shape on the CPU)."""
+    if math.prod(shape) == 1:
+        return torch.dot(a.reshape(-1), b.reshape(-1)).reshape(shape)
+    return (a * b).reshape(a.shape[0], -1).sum(dim=1).reshape(shape)
 
 
 def pams_quantize(x, alpha, q, clip_range=True):

@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn as nn
 
-from cadyq_plugin.quant.act_quant import PAMSQuant, alpha_gradient_terms, batch_max_abs, levels, quantized_level
+from cadyq_plugin.quant.act_quant import PAMSQuant, batch_max_abs, dot_to_shape, levels, quantized_level
 
 
 def check_candidate_bits(bits):
@@ -36,28 +36,25 @@ class _SelectQuantize(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        """Per candidate k: dL/dp_k = sum(grad * Q_k), dL/dalpha_k = sum_b p_k[b] sum(grad * dQ_k/dalpha_k),
-        dL/dx = grad * sum_k p_k * [|x| <= alpha_k] (grad without clipping, as sum_k p_k = 1)."""
+        """Per candidate k, with per-sample dot products ``<., .>_b`` (no product temporaries):
+        dL/dp_k[b] = <g, Q_k>_b; dL/dalpha_k = sum_b p_k[b] (<g, Q_k>_b - <g * [|x| <= a_k], x>_b) / a_k;
+        dL/dx = sum_k p_k * g * [|x| <= a_k] (just g without clipping, as sum_k p_k = 1)."""
         x, alphas, qs, probs = ctx.saved_tensors
+        batch = (x.shape[0],)
         shape = (-1,) + (1,) * (x.dim() - 1)
-        reduce_dims = tuple(range(1, x.dim()))
         grad_alphas = torch.zeros_like(alphas)
         grad_probs = torch.zeros_like(probs)
         x_abs = x.abs() if ctx.clip else None
-        pass_through = torch.zeros_like(x) if ctx.clip else None
+        grad_x = torch.zeros_like(x) if ctx.clip else grad_y.clone()
         for k in range(alphas.numel()):
             a, q, p_k = alphas[k], qs[k], probs[:, k]
-            inside = x_abs <= a if ctx.clip else None
             q_k = quantized_level(x, a, q, ctx.clip).mul_(a)
-            per_sample = alpha_gradient_terms(x, a, q_k, inside, grad_y).sum(dim=reduce_dims)
-            grad_alphas[k] = (p_k * per_sample).sum()
-            grad_probs[:, k] = q_k.mul_(grad_y).sum(dim=reduce_dims)
+            grad_probs[:, k] = dot_to_shape(grad_y, q_k, batch)
+            passed = torch.where(x_abs <= a, grad_y, 0.0) if ctx.clip else grad_y
+            grad_alphas[k] = (p_k * (grad_probs[:, k] - dot_to_shape(passed, x, batch))).sum() / a
             if ctx.clip:
-                pass_through.add_(torch.where(inside, p_k.view(shape), 0.0))
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad_y * pass_through if ctx.clip else grad_y.clone()
-        return grad_x, grad_alphas, None, None, grad_probs, None
+                grad_x.add_(passed.mul_(p_k.view(shape)))
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_alphas, None, None, grad_probs, None
 
 
 def layer_std(x):
