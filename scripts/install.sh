@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Install everything the plugin needs into the current Python environment.
-# torch/torchvision go first: building basicsr's sdist would otherwise pull a torch of its own choosing.
-# Override the pins with TORCH_SPEC, e.g. TORCH_SPEC="torch==2.5.1 torchvision==0.20.1".
+# Install everything the plugin needs into the current Python environment (PYTHON=... picks the interpreter).
+# torch/torchvision go first: basicsr 1.4.2 ships only an sdist whose setup.py lists torch in setup_requires, so
+# building it in an isolated environment would pull a torch of its own choosing. It is built against the torch
+# installed here instead (--no-build-isolation). Override the pins with TORCH_SPEC, e.g.
+# TORCH_SPEC="torch==2.5.1 torchvision==0.20.1".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
+pip_install() { $PYTHON -m pip install --quiet --disable-pip-version-check "$@"; }
 if ! $PYTHON -c "import torch, torchvision" >/dev/null 2>&1; then
   # shellcheck disable=SC2086
-  $PYTHON -m pip install --quiet $TORCH_SPEC
+  pip_install $TORCH_SPEC
 fi
-$PYTHON -m pip install --quiet -e '.[test]'
+if ! $PYTHON -m pip show --quiet basicsr >/dev/null 2>&1; then
+  pip_install numpy cython setuptools wheel
+  pip_install --no-build-isolation basicsr==1.4.2
+fi
+pip_install -e '.[test]'
