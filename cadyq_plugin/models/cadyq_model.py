@@ -15,10 +15,10 @@ from cadyq_plugin.checkpoint import extract_state_dict, load_checkpoint
 from cadyq_plugin.data.patches import PatchStitcher, iter_patch_batches
 from cadyq_plugin.metrics import MACCounter
 from cadyq_plugin.models.stage_loading import load_stage_weights
+from cadyq_plugin.models.step_guard import checkpoint_dirs, get_step_guard
 from cadyq_plugin.models.validation import average_rows, visualization_path
 from cadyq_plugin.reporting import (log_bit_histograms, log_bit_map, render_bit_map, save_bit_map,
                                     write_results_table)
-from cadyq_plugin.models.step_guard import checkpoint_dirs, get_step_guard
 from cadyq_plugin.quant import BitSelector, PAMSQuant, set_calibration
 
 
