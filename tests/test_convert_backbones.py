@@ -1,4 +1,4 @@
-"""Original CARN / IDN / SRResNet checkpoints (the key layouts of shared/reference/state_dict_keys) converted into
+"""Original CARN / IDN / SRResNet checkpoints (the key layouts of tests/data/reference/state_dict_keys) converted into
 the plugin's archs, for every stage; wrong stages, backbones and values refused with the differences listed."""
 import os
 import re
@@ -11,11 +11,7 @@ from cadyq_plugin.archs import ARCHS
 from cadyq_plugin.checkpoint import CheckpointError
 from cadyq_plugin.convert import convert_state_dict
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# shared/ beside the checkout, or inside it
-KEYS = next((path for path in (os.path.join(_REPO, '..', 'shared', 'reference', 'state_dict_keys'),
-                               os.path.join(_REPO, 'shared', 'reference', 'state_dict_keys')) if os.path.isdir(path)),
-            'state_dict_keys not found')
+KEYS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'reference', 'state_dict_keys')
 BACKBONES = {'carn': 'CARN_CADyQ', 'idn': 'IDN_CADyQ', 'srresnet': 'SRResNet_CADyQ'}
 STAGES = ('fp', 'pams', 'cadyq')
 CARN_MEAN = torch.tensor([0.4488, 0.4371, 0.4040])
@@ -44,7 +40,6 @@ def fake_original(backbone, stage, seed=0):
     return state
 
 
-@pytest.mark.skipif(not os.path.isdir(KEYS), reason='reference key lists not available')
 @pytest.mark.parametrize('stage', STAGES)
 @pytest.mark.parametrize('backbone', sorted(BACKBONES))
 def test_original_layout_converts_and_loads_strictly(backbone, stage):
@@ -65,7 +60,6 @@ def test_original_layout_converts_and_loads_strictly(backbone, stage):
             assert tuple(value.flatten()[:4].tolist()) in values, key
 
 
-@pytest.mark.skipif(not os.path.isdir(KEYS), reason='reference key lists not available')
 def test_known_mappings():
     state = fake_original('carn', 'cadyq')
     net = ARCHS['CARN_CADyQ']()
@@ -95,7 +89,6 @@ def test_known_mappings():
     assert torch.equal(converted['conv_last.weight'], state['tail.1.weight'])
 
 
-@pytest.mark.skipif(not os.path.isdir(KEYS), reason='reference key lists not available')
 @pytest.mark.parametrize('scale', [2, 3])
 def test_carn_keeps_only_the_requested_scale_branch(scale):
     state = fake_original('carn', 'fp')
@@ -105,7 +98,6 @@ def test_carn_keeps_only_the_requested_scale_branch(scale):
     assert torch.equal(converted['upsample.0.weight'], state[f'upsample.up{scale}.body.0.weight'])
 
 
-@pytest.mark.skipif(not os.path.isdir(KEYS), reason='reference key lists not available')
 @pytest.mark.parametrize('backbone', sorted(BACKBONES))
 def test_wrong_stage_is_refused_with_the_differences(backbone):
     arch = BACKBONES[backbone]
@@ -118,7 +110,6 @@ def test_wrong_stage_is_refused_with_the_differences(backbone):
         assert len(message.splitlines()) > 5
 
 
-@pytest.mark.skipif(not os.path.isdir(KEYS), reason='reference key lists not available')
 def test_wrong_backbone_is_refused():
     for backbone, arch in (('carn', 'IDN_CADyQ'), ('idn', 'SRResNet_CADyQ'), ('srresnet', 'CARN_CADyQ')):
         with pytest.raises(CheckpointError, match='not a known'):
@@ -128,7 +119,6 @@ def test_wrong_backbone_is_refused():
     assert 'unexpected key' in str(err.value)
 
 
-@pytest.mark.skipif(not os.path.isdir(KEYS), reason='reference key lists not available')
 def test_inconsistent_values_are_refused():
     state = fake_original('carn', 'fp')
     state['sub_mean.shifter.bias'] = -CARN_MEAN * 255  # EDSR's scale, not what CARN subtracts

@@ -10,9 +10,9 @@ from cadyq_plugin.checkpoint import CheckpointError
 from cadyq_plugin.cli import main as cli_main
 from cadyq_plugin.convert import convert_state_dict
 
-SHARED = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'reference')
-GOLDEN = os.path.join(SHARED, 'edsr_cadyq_golden.pt')
-KEYS = os.path.join(SHARED, 'state_dict_keys')
+REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'reference')
+GOLDEN = os.path.join(REFERENCE, 'edsr_cadyq_golden.pt')
+KEYS = os.path.join(REFERENCE, 'state_dict_keys')
 
 
 @pytest.fixture(scope='module')
