@@ -6,7 +6,6 @@ import torch
 import cadyq_plugin  # noqa: F401  (compat shim before anything imports basicsr)
 from basicsr.archs import build_network
 from basicsr.utils.registry import ARCH_REGISTRY
-from cadyq_plugin.archs import ARCHS
 from cadyq_plugin.metrics import count_layer_macs, forward_bitops
 from cadyq_plugin.quant import BitRecord, BitSelector, PAMSQuant, image_gradient_feature
 
@@ -67,7 +66,7 @@ def _randomise(net, seed=0):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_registered_and_defaults_build_the_paper_model(name):
-    assert ARCH_REGISTRY.get(name) is ARCHS[name]
+    assert ARCH_REGISTRY.get(name) is getattr(cadyq_plugin.archs, name)
     net = build_network({'type': name})
     assert (net.quant_mode, net.upscale, net.n_selectors) == ('cadyq', 4, REFERENCE[name][0])
     assert net.grad_scale == (1.0 if name == 'CARN_CADyQ' else 1e3)
@@ -79,7 +78,7 @@ def test_registered_and_defaults_build_the_paper_model(name):
 @pytest.mark.parametrize('name', NAMES)
 def test_default_model_starts_at_the_largest_bit_and_returns_aux(name):
     torch.manual_seed(0)
-    net = ARCHS[name]().eval()
+    net = ARCH_REGISTRY.get(name)().eval()
     x = torch.rand(2, 3, 11, 9)
     with torch.no_grad():
         sr, aux = net(x, return_aux=True)
@@ -98,17 +97,17 @@ def test_default_model_starts_at_the_largest_bit_and_returns_aux(name):
 @pytest.mark.parametrize('name', NAMES)
 def test_fp_and_pams_modes_have_no_selectors(name):
     for mode in ('fp', 'pams'):
-        net = ARCHS[name](quant_mode=mode, **SMALL[name]).eval()
+        net = ARCH_REGISTRY.get(name)(quant_mode=mode, **SMALL[name]).eval()
         with torch.no_grad():
             _, aux = net(torch.rand(2, 3, 8, 8), return_aux=True)
         assert net.n_selectors == 0 and aux['bits'].shape == (2, 0)
         assert torch.equal(aux['weighted_bits'], torch.zeros(2))
-    assert not _quantizer_prefixes(ARCHS[name](quant_mode='fp', **SMALL[name]))
+    assert not _quantizer_prefixes(ARCH_REGISTRY.get(name)(quant_mode='fp', **SMALL[name]))
 
 
 @pytest.mark.parametrize('name', NAMES)
 def test_parameter_names_are_shared_across_modes_and_load_plainly(name):
-    nets = {mode: ARCHS[name](quant_mode=mode) for mode in ('fp', 'pams', 'cadyq')}
+    nets = {mode: ARCH_REGISTRY.get(name)(quant_mode=mode) for mode in ('fp', 'pams', 'cadyq')}
     fp_keys = _shared_keys(nets['fp'])
     assert fp_keys == dict((k, tuple(v.shape)) for k, v in nets['fp'].state_dict().items())
     assert _shared_keys(nets['pams']) == fp_keys
@@ -134,7 +133,7 @@ def test_parameter_names_are_shared_across_modes_and_load_plainly(name):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_eval_is_per_sample_independent(name):
-    net = _randomise(ARCHS[name](**SMALL[name]).double().eval())
+    net = _randomise(ARCH_REGISTRY.get(name)(**SMALL[name]).double().eval())
     x = _contents()
     with torch.no_grad():
         sr, aux = net(x, return_aux=True)
@@ -149,7 +148,7 @@ def test_eval_is_per_sample_independent(name):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_training_step_reaches_selectors_alphas_and_weights(name):
-    net = ARCHS[name](**SMALL[name]).train()
+    net = ARCH_REGISTRY.get(name)(**SMALL[name]).train()
     sr, aux = net(torch.rand(2, 3, 8, 8), return_aux=True)
     (sr.abs().mean() + aux['weighted_bits'].sum() * 1e-4 + aux['bits'].sum() * 1e-4).backward()
     selectors = [m for m in net.modules() if isinstance(m, BitSelector)]
@@ -161,13 +160,13 @@ def test_training_step_reaches_selectors_alphas_and_weights(name):
 @pytest.mark.parametrize('name', NAMES)
 @pytest.mark.parametrize('scale', [2, 3, 4])
 def test_output_is_exactly_scale_times_the_input(name, scale):
-    net = ARCHS[name](upscale=scale, quant_mode='fp', **SMALL[name]).eval()
+    net = ARCH_REGISTRY.get(name)(upscale=scale, quant_mode='fp', **SMALL[name]).eval()
     with torch.no_grad():
         assert net(torch.rand(1, 3, 7, 5)).shape == (1, 3, 7 * scale, 5 * scale)
 
 
 def test_idn_tail_is_a_transposed_conv_plus_bicubic():
-    net = ARCHS['IDN_CADyQ'](quant_mode='fp', **SMALL['IDN_CADyQ']).eval()
+    net = ARCH_REGISTRY.get('IDN_CADyQ')(quant_mode='fp', **SMALL['IDN_CADyQ']).eval()
     deconv = net.deconv
     assert (deconv.kernel_size, deconv.stride, deconv.padding, deconv.output_padding) == ((17, 17), (4, 4), (8, 8),
                                                                                         (3, 3))
@@ -183,14 +182,14 @@ def test_idn_tail_is_a_transposed_conv_plus_bicubic():
 
 def test_idn_fblock_is_fixed_8_bit_in_both_quantized_modes():
     for mode in ('pams', 'cadyq'):
-        fblock = ARCHS['IDN_CADyQ'](quant_mode=mode).fblock
+        fblock = ARCH_REGISTRY.get('IDN_CADyQ')(quant_mode=mode).fblock
         assert isinstance(fblock.quant1, PAMSQuant) and fblock.quant1.bits == 8
         assert isinstance(fblock.quant2, PAMSQuant) and fblock.quant2.bits == 8
         assert fblock.conv1.w_bits == 8 and fblock.conv2.w_bits == 8
 
 
 def test_srresnet_shares_one_prelu_and_batchnorm_follows_the_mode():
-    net = ARCHS['SRResNet_CADyQ'](**SMALL['SRResNet_CADyQ'])
+    net = ARCH_REGISTRY.get('SRResNet_CADyQ')(**SMALL['SRResNet_CADyQ'])
     assert all(block.act is net.act for block in net.body)
     prelus = [p for n, p in net.named_parameters() if n.endswith('act.weight')]
     assert len(prelus) == 1  # one parameter, however many names the state dict gives it
@@ -206,7 +205,7 @@ def test_srresnet_shares_one_prelu_and_batchnorm_follows_the_mode():
 
 
 def test_srresnet_conv1_sees_the_unquantized_input_but_counts_bs1_bits():
-    net = ARCHS['SRResNet_CADyQ'](**SMALL['SRResNet_CADyQ']).eval()
+    net = ARCH_REGISTRY.get('SRResNet_CADyQ')(**SMALL['SRResNet_CADyQ']).eval()
     block = net.body[0]
     seen = {}
 
@@ -228,7 +227,7 @@ def test_srresnet_conv1_sees_the_unquantized_input_but_counts_bs1_bits():
 
 
 def test_carn_skip_is_full_precision_and_mean_is_on_the_unit_scale():
-    net = ARCHS['CARN_CADyQ']()
+    net = ARCH_REGISTRY.get('CARN_CADyQ')()
     assert torch.allclose(net.mean.flatten(), torch.tensor([0.4488, 0.4371, 0.4040]))
     block = net.body[0].blocks[0]
     x = torch.randn(1, 64, 6, 6)
@@ -241,7 +240,8 @@ def test_carn_skip_is_full_precision_and_mean_is_on_the_unit_scale():
 @pytest.mark.parametrize('name', NAMES)
 def test_bitops_at_1280x720_match_the_paper(name):
     n_sel, _, dynamic, fixed, other = REFERENCE[name]
-    per_mode = {mode: count_layer_macs(ARCHS[name](quant_mode=mode), 180, 320) for mode in ('fp', 'pams', 'cadyq')}
+    per_mode = {mode: count_layer_macs(ARCH_REGISTRY.get(name)(quant_mode=mode), 180, 320)
+                for mode in ('fp', 'pams', 'cadyq')}
 
     def macs(layers, kind):
         return sum(layer.macs for layer in layers if layer.act_kind == kind) / 1e9

@@ -69,7 +69,7 @@ def test_keep_region_worked_example():
 @pytest.mark.parametrize('h, w, patch, step, scale', CASES)
 def test_identity_network_reproduces_full_image(h, w, patch, step, scale):
     lq = _image(h, w)
-    sr = forward_patchwise(lambda x: _nearest(x, scale), lq, patch, step, scale, batch=3)
+    sr = forward_patchwise(lambda x: (_nearest(x, scale), None), lq, patch, step, scale, batch=3).image
     assert sr.shape == (1, 3, h * scale, w * scale)
     assert torch.equal(sr, _nearest(lq, scale))
 
@@ -84,7 +84,8 @@ def test_only_patch_centres_survive(h, w, patch, step, scale):
         out[:, :, :, [0, -1]] = 2.0
         return out
 
-    sr = forward_patchwise(frame_marking, _image(h, w), patch, step, scale, round_to_uint8=False)
+    sr = forward_patchwise(lambda x: (frame_marking(x), None), _image(h, w), patch, step, scale,
+                           round_to_uint8=False).image
     inner = sr[:, :, 1:-1, 1:-1]
     assert (inner <= 1).all()
     assert (sr[:, :, 0, :] == 2).all() and (sr[:, :, -1, :] == 2).all()
@@ -131,7 +132,9 @@ def _content_dependent(scale):
 @pytest.mark.parametrize('h, w, patch, step, scale', [(37, 53, 16, 10, 3), (41, 41, 24, 18, 2), (20, 20, 24, 18, 2)])
 def test_result_independent_of_batch_size(h, w, patch, step, scale):
     lq = _image(h, w, seed=1)
-    results = [forward_patchwise(_content_dependent(scale), lq, patch, step, scale, batch=b) for b in (1, 2, 3, 7, 64)]
+    forward = _content_dependent(scale)
+    results = [forward_patchwise(lambda x: (forward(x), None), lq, patch, step, scale, batch=b).image
+               for b in (1, 2, 3, 7, 64)]
     for other in results[1:]:
         assert torch.equal(results[0], other)
     # And equal to stitching patch by patch by hand, patch index by patch index.
@@ -170,8 +173,24 @@ def test_round_to_uint8_grid():
 def test_patches_are_rounded_before_stitching_only_when_asked():
     lq = _image(20, 20)
     noisy = lambda x: _nearest(x, 2) + 0.3 / 255  # noqa: E731
-    assert torch.equal(forward_patchwise(noisy, lq, 8, 6, 2), _nearest(lq, 2))
-    assert torch.allclose(forward_patchwise(noisy, lq, 8, 6, 2, round_to_uint8=False), _nearest(lq, 2) + 0.3 / 255)
+    assert torch.equal(forward_patchwise(lambda x: (noisy(x), None), lq, 8, 6, 2).image, _nearest(lq, 2))
+    assert torch.allclose(forward_patchwise(lambda x: (noisy(x), None), lq, 8, 6, 2, round_to_uint8=False).image,
+                          _nearest(lq, 2) + 0.3 / 255)
+
+
+@pytest.mark.parametrize('batch', [1, 4])
+def test_per_patch_extras_and_regions_come_back_in_patch_order(batch):
+    lq = _image(37, 53)
+    boxes = patch_boxes(37, 53, 16, 10)
+
+    def forward(x):  # each patch reports its own LR size and top-left pixel
+        return _nearest(x, 3), [(tuple(p.shape[1:]), float(p[0, 0, 0])) for p in x]
+
+    stitched = forward_patchwise(forward, lq, 16, 10, 3, batch=batch)
+    assert stitched.extras == [((y1 - y0, x1 - x0), float(lq[0, 0, y0, x0])) for y0, y1, x0, x1 in boxes]
+    stitcher = PatchStitcher(37, 53, 16, 10, 3)
+    assert stitched.regions == [(r.start, r.stop, c.start, c.stop)
+                                for r, c in (stitcher.regions(i)[1] for i in range(len(boxes)))]
 
 
 def test_misuse_is_reported():

@@ -4,6 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from cadyq_plugin.archs.arch_util import upsample_factors
 from cadyq_plugin.archs.cadyq_net import CADyQNet
 
 
@@ -54,15 +55,6 @@ class CascadingBlock(nn.Module):
             return out
 
         return cascade(x, self.blocks, self.fusions, step)
-
-
-def upsample_factors(scale):
-    """The PixelShuffle steps of an upsampler: x2 per step for 2, 4, 8; one x3 step for 3."""
-    if scale in (2, 4, 8):
-        return [2] * {2: 1, 4: 2, 8: 3}[scale]
-    if scale == 3:
-        return [3]
-    raise ValueError(f'upscale must be 2, 3, 4 or 8, got {scale}')
 
 
 def carn_upsampler(num_feat, scale):

@@ -1,7 +1,6 @@
 """EDSR-baseline with CADyQ (SPEC §3): 16 residual blocks, two bit selectors per block."""
-import math
-
 import torch.nn as nn
+from basicsr.archs.arch_util import Upsample
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from cadyq_plugin.archs.cadyq_net import CADyQNet
@@ -29,19 +28,6 @@ class QuantResBlock(nn.Module):
         h = self.quant_mid(self.relu(self.conv1(xq)), record)
         feat = self.conv2(h)
         return self.quant_res(feat * self.res_scale, record) + xq, feat
-
-
-def pixel_shuffle_upsampler(num_feat, scale):
-    """BasicSR's ``Upsample`` layout (conv + PixelShuffle per factor 2, or one for 3): same parameter names."""
-    layers = []
-    if scale & (scale - 1) == 0:
-        for _ in range(int(math.log2(scale))):
-            layers += [nn.Conv2d(num_feat, 4 * num_feat, 3, 1, 1), nn.PixelShuffle(2)]
-    elif scale == 3:
-        layers += [nn.Conv2d(num_feat, 9 * num_feat, 3, 1, 1), nn.PixelShuffle(3)]
-    else:
-        raise ValueError(f'upscale must be 2^n or 3, got {scale}')
-    return nn.Sequential(*layers)
 
 
 @ARCH_REGISTRY.register()
@@ -73,7 +59,7 @@ class EDSR_CADyQ(CADyQNet):
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         self.body = nn.ModuleList(QuantResBlock(self.quant, num_feat, res_scale) for _ in range(num_block))
         self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.upsample = pixel_shuffle_upsampler(num_feat, upscale)
+        self.upsample = Upsample(upscale, num_feat)  # BasicSR's: same layout and names as its EDSR
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         self.finish_build()
 

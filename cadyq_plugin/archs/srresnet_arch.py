@@ -2,8 +2,8 @@
 import torch.nn as nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from cadyq_plugin.archs.arch_util import upsample_factors
 from cadyq_plugin.archs.cadyq_net import CADyQNet
-from cadyq_plugin.archs.carn_arch import upsample_factors
 
 
 class SRResBlock(nn.Module):

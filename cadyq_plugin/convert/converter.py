@@ -112,13 +112,13 @@ def convert_checkpoint(src, dst, arch_name, quant_mode, scale=4, arch_kwargs=Non
     ``dst`` is refused if it exists unless ``overwrite``; it is written atomically, and only after the
     converted weights loaded strictly into the target arch.
     """
-    from cadyq_plugin.archs import ARCHS
-    if arch_name not in ARCHS:
-        raise CheckpointError(f'unknown arch {arch_name!r}; known: {sorted(ARCHS)}')
+    from basicsr.utils.registry import ARCH_REGISTRY
+    if arch_name not in LAYOUTS:
+        raise CheckpointError(f'no converter for arch {arch_name!r}; known: {sorted(LAYOUTS)}')
     if os.path.exists(dst) and not overwrite:
         raise CheckpointError(f'{dst!r} exists; choose another destination or pass --overwrite')
     state_dict = extract_state_dict(load_checkpoint(src, trusted=trusted), src)
-    net = ARCHS[arch_name](upscale=scale, quant_mode=quant_mode, **(arch_kwargs or {}))
+    net = ARCH_REGISTRY.get(arch_name)(upscale=scale, quant_mode=quant_mode, **(arch_kwargs or {}))
     converted, layout = convert_state_dict(state_dict, net, arch_name, quant_mode, scale, src)
     net.load_state_dict(converted, strict=True)
     atomic_save({'params': converted}, dst)

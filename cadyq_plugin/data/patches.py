@@ -14,7 +14,7 @@ module is the single definition of that tiling, used by validation, testing and 
 Pure PyTorch, no BasicSR import. Boxes are ``(y0, y1, x0, x1)`` half-open LR coordinates.
 """
 import numbers
-from typing import Callable, Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -154,6 +154,14 @@ class PatchStitcher:
         xs0, xs1, xd = keep_region((x0, x1), self.lr_w, self.patch, self.step, self.scale)
         return (slice(ys0, ys1), slice(xs0, xs1)), (slice(yd, yd + ys1 - ys0), slice(xd, xd + xs1 - xs0))
 
+    def kept_boxes(self) -> List[Box]:
+        """The HR box ``(y0, y1, x0, x1)`` of the output that each patch fills, in patch order."""
+        boxes = []
+        for index in range(self.num_patches):
+            _, (rows, cols) = self.regions(index)
+            boxes.append((rows.start, rows.stop, cols.start, cols.stop))
+        return boxes
+
     def add(self, index_or_box: Union[int, Box], sr_patch: torch.Tensor) -> None:
         """Place the kept centre of one SR patch ([C, h, w] or [1, C, h, w]) into the output."""
         index = self._resolve(index_or_box)
@@ -199,19 +207,34 @@ class PatchStitcher:
         return self._index_of[box]
 
 
-def forward_patchwise(forward: Callable[[torch.Tensor], torch.Tensor], lq: torch.Tensor, patch: int, step: int,
-                      scale: int, batch: int = 1, round_to_uint8: bool = True) -> torch.Tensor:
-    """Run ``forward`` patch by patch over ``lq`` [1, C, H, W] and return the stitched SR image.
+class Stitched(NamedTuple):
+    """What :func:`forward_patchwise` returns: the stitched SR image, one ``extras`` entry per patch (what the
+    forward returned for it, in patch order) and the HR box ``(y0, y1, x0, x1)`` each patch contributes."""
+    image: torch.Tensor
+    extras: List[Any]
+    regions: List[Box]
 
-    ``forward`` maps an LR batch [n, C, h, w] to its SR batch [n, C', h*scale, w*scale]; wrap the network in a
-    closure to collect per-patch extras such as the chosen bits. Memory: the output image plus one batch.
+
+def forward_patchwise(forward: Callable[[torch.Tensor], Tuple[torch.Tensor, Optional[Sequence[Any]]]],
+                      lq: torch.Tensor, patch: int, step: int, scale: int, batch: int = 1,
+                      round_to_uint8: bool = True) -> Stitched:
+    """Run ``forward`` patch by patch over ``lq`` [1, C, H, W] and stitch the SR image: the one tiling loop of
+    validation, testing, ``basicsr infer`` and the benchmark.
+
+    ``forward`` maps an LR batch [n, C, h, w] to ``(sr_batch [n, C', h*scale, w*scale], per_sample)``, where
+    ``per_sample`` holds one entry per patch of the batch (e.g. its chosen bits) or is ``None``. Memory: the
+    output image plus one batch.
     """
     _check_lq(lq)
-    stitcher = None
+    stitcher, extras = None, None
     for indices, _, lr_batch in iter_patch_batches(lq, patch, step, batch):
-        sr_batch = forward(lr_batch)
+        sr_batch, per_sample = forward(lr_batch)
         if stitcher is None:
             stitcher = PatchStitcher(lq.shape[2], lq.shape[3], patch, step, scale, sr_batch.shape[1],
                                      round_to_uint8=round_to_uint8, device=sr_batch.device, dtype=sr_batch.dtype)
+            extras = [None] * stitcher.num_patches
         stitcher.add_batch(indices, sr_batch)
-    return stitcher.result()
+        if per_sample is not None:
+            for index, extra in zip(indices, per_sample):
+                extras[index] = extra
+    return Stitched(stitcher.result(), extras, stitcher.kept_boxes())

@@ -12,7 +12,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
 from cadyq_plugin.checkpoint import extract_state_dict, load_checkpoint
-from cadyq_plugin.data.patches import PatchStitcher, iter_patch_batches
+from cadyq_plugin.inference import super_resolve
 from cadyq_plugin.metrics import MACCounter
 from cadyq_plugin.models.stage_loading import load_stage_weights
 from cadyq_plugin.models.step_guard import checkpoint_dirs, get_step_guard
@@ -140,40 +140,15 @@ class CADyQModel(SRModel):
 
     # ----------------------------------------------------------------- inference
     def test(self):
-        """Inference of ``self.lq`` (one image): sets ``self.output``, ``self.forwards`` (one entry per forward
-        pass: its MAC table and chosen bits) and ``self.regions`` (the HR box each forward pass contributes)."""
+        """Inference of ``self.lq`` (one image, image-wise or ``val.patchwise``): sets ``self.output``,
+        ``self.forwards`` (one entry per forward pass: its MAC table and chosen bits) and ``self.regions`` (the HR
+        box each forward pass contributes)."""
         net = self.get_bare_model(self.net_g)
         was_training = net.training
         net.eval()
-        with torch.no_grad():
-            patchwise = self.opt['val'].get('patchwise') if self.opt.get('val') else None
-            if patchwise:
-                self._test_patchwise(net, patchwise)
-            else:
-                self.output, aux = net(self.lq, return_aux=True)
-                layers = self.mac_counter(self.lq.shape[2], self.lq.shape[3])
-                self.forwards = [{'layers': layers, 'bits': bits} for bits in aux['bits'].cpu()]
-                self.regions = [(0, self.output.shape[2], 0, self.output.shape[3])]
+        patchwise = self.opt['val'].get('patchwise') if self.opt.get('val') else None
+        self.output, self.forwards, self.regions = super_resolve(net, self.lq, patchwise, self.mac_counter)
         net.train(was_training)
-
-    def _test_patchwise(self, net, patchwise):
-        """SPEC §6: patches of ``patch`` LR pixels every ``step``, run ``batch`` at a time, centre-cropped and
-        stitched; memory holds the output image plus one batch."""
-        patch, step, batch = patchwise['patch'], patchwise['step'], patchwise.get('batch', 1)
-        stitcher = PatchStitcher(self.lq.shape[2], self.lq.shape[3], patch, step, net.upscale,
-                                 self.lq.shape[1], device=self.lq.device, dtype=self.lq.dtype)
-        self.forwards = [None] * stitcher.num_patches
-        for indices, boxes, lr_batch in iter_patch_batches(self.lq, patch, step, batch):
-            sr_batch, aux = net(lr_batch, return_aux=True)
-            stitcher.add_batch(indices, sr_batch)
-            layers = self.mac_counter(lr_batch.shape[2], lr_batch.shape[3])
-            for index, bits in zip(indices, aux['bits'].cpu()):
-                self.forwards[index] = {'layers': layers, 'bits': bits}
-        self.output = stitcher.result()
-        self.regions = []
-        for index in range(stitcher.num_patches):
-            _, (rows, cols) = stitcher.regions(index)
-            self.regions.append((rows.start, rows.stop, cols.start, cols.stop))
 
     def static_bits(self):
         """FAB of a pams network (every selector place at ``a_bits``); None otherwise."""

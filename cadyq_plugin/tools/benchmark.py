@@ -113,16 +113,12 @@ def bench_patchwise(arch, device, lr_hw, patch, step, batches, repeats):
     import cadyq_plugin  # noqa: F401
     from basicsr.archs import build_network
 
-    from cadyq_plugin.data.patches import PatchStitcher, iter_patch_batches
+    from cadyq_plugin.inference import super_resolve
     net = build_network({'type': arch, 'quant_mode': 'cadyq'}).to(device).eval()
     lq = torch.rand(1, 3, *lr_hw, device=device)
 
     def run(batch):
-        stitcher = PatchStitcher(lr_hw[0], lr_hw[1], patch, step, net.upscale, device=device)
-        with torch.no_grad():
-            for indices, _, lr_batch in iter_patch_batches(lq, patch, step, batch):
-                stitcher.add_batch(indices, net(lr_batch))
-        return stitcher.num_patches
+        return len(super_resolve(net, lq, {'patch': patch, 'step': step, 'batch': batch}).forwards)
 
     n_patches = run(batches[0])
     times = interleaved_median({b: (lambda b=b: run(b)) for b in batches}, repeats, 0, device)

@@ -7,12 +7,12 @@ from cadyq_plugin.checkpoint import CheckpointError
 
 def main(argv):
     import cadyq_plugin  # noqa: F401
-    from cadyq_plugin.archs import ARCHS
     from cadyq_plugin.convert import convert_checkpoint
+    from cadyq_plugin.convert.rules import LAYOUTS
     parser = argparse.ArgumentParser(prog='basicsr convert', description=__doc__)
     parser.add_argument('src', help='original checkpoint (.pt / .pth / .pth.tar)')
     parser.add_argument('dst', help='output BasicSR checkpoint (weights under "params")')
-    parser.add_argument('--arch', required=True, choices=sorted(ARCHS))
+    parser.add_argument('--arch', required=True, choices=sorted(LAYOUTS))
     parser.add_argument('--quant-mode', required=True, choices=['fp', 'pams', 'cadyq'])
     parser.add_argument('--scale', type=int, default=4)
     parser.add_argument('--trusted', action='store_true',

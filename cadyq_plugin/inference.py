@@ -1,0 +1,38 @@
+"""Inference of one LR image by a CADyQ network, image-wise or patch-wise (SPEC §6), with what every forward
+pass chose: the one implementation behind validation, ``basicsr test``, ``basicsr infer`` and the benchmark."""
+from typing import Any, Dict, List, NamedTuple, Optional
+
+import torch
+
+from cadyq_plugin.data.patches import Box, forward_patchwise
+
+
+class Inference(NamedTuple):
+    """``output`` [1, C, H*s, W*s]; ``forwards``: one ``{'layers': MAC table or None, 'bits': [n_selectors]}``
+    per forward pass (the whole image, or each patch); ``regions``: the HR box each forward pass fills."""
+    output: torch.Tensor
+    forwards: List[Dict[str, Any]]
+    regions: List[Box]
+
+
+def super_resolve(net, lq, patchwise: Optional[dict] = None, mac_counter=None) -> Inference:
+    """Run ``net`` (in the mode the caller set, normally eval) on ``lq`` [1, C, H, W] without gradients.
+
+    Args:
+        patchwise: ``{patch, step, batch}`` (LR pixels, patches per forward) or None for one forward pass.
+        mac_counter: a :class:`~cadyq_plugin.metrics.MACCounter` of ``net``, so each forward pass carries its
+            MAC table (for BitOPs); None leaves ``layers`` None.
+    """
+
+    def forward(lr_batch):
+        sr, aux = net(lr_batch, return_aux=True)
+        layers = mac_counter(lr_batch.shape[2], lr_batch.shape[3]) if mac_counter is not None else None
+        return sr, [{'layers': layers, 'bits': bits} for bits in aux['bits'].cpu()]
+
+    with torch.no_grad():
+        if not patchwise:
+            sr, forwards = forward(lq)
+            return Inference(sr, forwards, [(0, sr.shape[2], 0, sr.shape[3])])
+        stitched = forward_patchwise(forward, lq, patchwise['patch'], patchwise['step'], net.upscale,
+                                     patchwise.get('batch', 1))
+        return Inference(stitched.image, stitched.extras, stitched.regions)
