@@ -1,5 +1,6 @@
-"""The ``basicsr`` command: BasicSR's train/test pipelines with the plugin registered, plus ``bitops`` and
-``convert``. Experiments, results and TensorBoard logs land under the current directory."""
+"""The ``basicsr`` command: the plugin's ``train`` / ``test`` pipelines (:mod:`cadyq_plugin.train`,
+:mod:`cadyq_plugin.test`), plus ``bitops`` and ``convert``. Experiments, results and TensorBoard logs land under
+the current directory."""
 import os
 import sys
 
@@ -7,25 +8,15 @@ USAGE = """usage: basicsr <command> [options]
 
 commands:
   train    -opt X.yml [--launcher none|pytorch|slurm] [--auto_resume] [--debug] [--force_yml k=v ...]
-  test     -opt X.yml
+  test     -opt X.yml [--skip-missing] [--force_yml k=v ...]   (--force_yml datasets:test_N=~ removes a test set)
   bitops   -opt X.yml [--hr-size 1280x720] [--fab F]
   convert  SRC DST --arch EDSR_CADyQ --quant-mode cadyq [--scale 4] [--trusted] [--overwrite]
 """
 
 
-def normalize_basicsr_args(args):
-    """Accept ``--local-rank`` (torchrun's spelling) as well as BasicSR's ``--local_rank``."""
-    normalized = []
-    for arg in args:
-        if arg == '--local-rank' or arg.startswith('--local-rank='):
-            arg = arg.replace('--local-rank', '--local_rank', 1)
-        normalized.append(arg)
-    return normalized
-
-
 def leading_local_rank_last(argv):
     """``python -m torch.distributed.launch`` (without ``--use-env``) puts ``--local-rank=N`` before the
-    command; move it behind the command, where BasicSR's parser expects it."""
+    command; move it behind the command, where the pipelines' parser expects it."""
     leading = []
     while argv and argv[0].startswith(('--local-rank', '--local_rank')):
         leading.append(argv.pop(0))
@@ -35,21 +26,14 @@ def leading_local_rank_last(argv):
 
 
 def run_pipeline(command, args):
-    """Run BasicSR's own ``train_pipeline``/``test_pipeline`` with the current directory as root."""
-    import cadyq_plugin  # noqa: F401  (registration and compat shim before basicsr's pipelines import)
-    from cadyq_plugin import _compat
-    from cadyq_plugin.config_check import check_command_options
-    check_command_options(command, normalize_basicsr_args(args), os.getcwd())  # before any dir, data or model
-    _compat.patch_training_pipeline()
-    _compat.patch_distributed()
-    _compat.patch_reliability()  # atomic checkpoints, exact resume, non-finite step guard of stage 1
-    sys.argv = [f'basicsr {command}'] + normalize_basicsr_args(args)
+    """``train_pipeline`` / ``test_pipeline`` with the current directory as root."""
+    import cadyq_plugin  # noqa: F401  (registration and compat shim before basicsr)
     if command == 'train':
-        from basicsr.train import train_pipeline
-        train_pipeline(os.getcwd())
+        from cadyq_plugin.train import train_pipeline
+        train_pipeline(os.getcwd(), args)
     else:
-        from basicsr.test import test_pipeline
-        test_pipeline(os.getcwd())
+        from cadyq_plugin.test import test_pipeline
+        test_pipeline(os.getcwd(), args)
 
 
 def user_errors():
@@ -57,8 +41,9 @@ def user_errors():
     from cadyq_plugin.checkpoint import CheckpointError
     from cadyq_plugin.config_check import ConfigError
     from cadyq_plugin.data.paired_dataset import DataError
+    from cadyq_plugin.experiment import ExperimentError
     from cadyq_plugin.models.step_guard import TrainingDivergedError
-    return (ConfigError, CheckpointError, DataError, TrainingDivergedError)
+    return (ConfigError, CheckpointError, DataError, ExperimentError, TrainingDivergedError)
 
 
 def report_error(command, err):
@@ -83,8 +68,14 @@ def main(argv=None):
         return 0
     command, rest = argv[0], argv[1:]
     if command in ('train', 'test'):
+        from cadyq_plugin.train import RunStopped
         try:
             run_pipeline(command, rest)
+        except RunStopped as stopped:  # saved and logged already
+            return stopped.exit_code
+        except KeyboardInterrupt as err:
+            print(f'basicsr {command}: interrupted ({err or "Ctrl-C"}); nothing more was saved', file=sys.stderr)
+            return 130
         except user_errors() as err:
             report_error(command, err)
             return 1

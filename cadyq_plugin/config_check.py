@@ -2,28 +2,67 @@
 
 :func:`check_options` is a pure function of the parsed options and the yml path: it collects every problem it
 finds and raises one :class:`ConfigError` whose message names the file, and for each problem the key, the
-value found and what is expected. ``basicsr train`` / ``basicsr test`` call :func:`check_command_options`
-before BasicSR's pipelines start, so a typo costs seconds, not a run that dies hours later.
+value found and what is expected. The plugin's pipelines call it (through :func:`cadyq_plugin.options.
+parse_options`) before anything else, so a typo costs seconds, not a run that dies hours later.
 
-What is checked (see each ``_check_*``): registered names (model, arch, dataset, metric), CADyQ arch
-arguments (``quant_mode``, candidate ``bits``, ``w_bits``/``a_bits``, ``calib_iters``, unknown arguments),
-the teacher of a distilling stage, teacher/student agreement, pretrained checkpoint paths, dataset roots,
-scale agreement, training hyper-parameters, patch-wise validation tiling and metrics the model/mode can
-produce.
+What is checked (see each ``_check_*``): registered names (model, arch, dataset, metric, loss), looked up the
+way BasicSR's registries do (``RealESRNetModel`` finds ``RealESRNetModel_basicsr``); CADyQ arch arguments
+(``quant_mode``, candidate ``bits``, ``w_bits``/``a_bits``, ``calib_iters``); unknown keys in the plugin's own
+sections (the CADyQ archs, ``CADyQPairedImageDataset``, the plugin's losses, ``val.patchwise``), with a "did you
+mean"; the teacher of a distilling stage; pretrained checkpoint paths; dataset roots; scale agreement; training
+numbers; patch-wise tiling; metrics the model and mode can produce. Requirements that belong to one model
+(``scale``, ``gt_size``, a pixel loss, ...) are checked only for the models that need them, and messages about
+stock BasicSR models carry no CADyQ advice: a stock options file passes unless BasicSR itself would fail on it.
+
+:func:`known_keys` says which keys a section may hold beyond those in the file (what the models, datasets,
+losses and pipelines read when present); ``--force_yml`` uses it to refuse paths that would silently do nothing.
 """
-import argparse
+import difflib
 import inspect
 import numbers
 import os
 from collections import OrderedDict
 
-CADYQ_MODEL = 'CADyQModel'
+CADYQ_MODELS = ('CADyQSRModel', 'CADyQModel')
 QUANT_KEYS = ('quant_mode', 'w_bits', 'a_bits', 'bits', 'calib_iters', 'grad_scale')
 QUANT_METRICS = ('calculate_avg_bit', 'calculate_bitops')
 BAD_SAMPLE_CHOICES = ('raise', 'skip')
 IO_BACKENDS = ('disk', 'lmdb', 'memcached')
 SCHEDULERS = ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingRestartLR')
 DEFAULT_MAX_BAD_STEPS = 10
+BITS_EXPECTED = 'expected a sorted list of at least 2 distinct integers in 2..8, e.g. [4, 6, 8]'
+
+# Keys read when present, beyond what an options file usually holds: the plugin's and BasicSR 1.4.2's (its
+# models, datasets, dataloader builder and pipelines). Sections not listed here accept any key.
+TOP_LEVEL_KEYS = {
+    'name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'path', 'train', 'val', 'logger',
+    'dist_params', 'find_unused_parameters', 'is_train', 'dist', 'rank', 'world_size', 'auto_resume', 'root_path',
+    # BasicSR's RealESRGAN/RealESRNet models read their degradation settings at the top level
+    'high_order_degradation', 'l1_gt_usm', 'percep_gt_usm', 'gan_gt_usm', 'gt_usm', 'queue_size', 'gt_size',
+    'resize_prob', 'resize_range', 'gaussian_noise_prob', 'noise_range', 'poisson_scale_range', 'gray_noise_prob',
+    'jpeg_range', 'second_blur_prob', 'resize_prob2', 'resize_range2', 'gaussian_noise_prob2', 'noise_range2',
+    'poisson_scale_range2', 'gray_noise_prob2', 'jpeg_range2'}
+TRAIN_KEYS = {
+    'optim_g', 'optim_alpha', 'optim_selector', 'scheduler', 'total_iter', 'warmup_iter', 'pixel_opt',
+    'perceptual_opt', 'kd_opt', 'bit_opt', 'max_bad_steps', 'ema_decay',
+    'optim_d', 'gan_opt', 'ldl_opt', 'feature_matching_opt', 'net_d_iters', 'net_d_init_iters', 'r1_reg_weight',
+    'path_reg_weight', 'net_g_reg_every', 'net_d_reg_every', 'mixing_prob', 'lr_flow', 'fix_flow', 'flow_lr_mul',
+    'dcn_lr_mul', 'tsa_iter'}
+VAL_KEYS = {'val_freq', 'save_img', 'suffix', 'metrics', 'pbar', 'patchwise', 'tb_bit_maps', 'grids', 'crop_size',
+            'flip_seq', 'center_frame_only', 'num_val_samples'}
+LOGGER_KEYS = {'print_freq', 'save_checkpoint_freq', 'use_tb_logger', 'wandb'}
+PATH_PREFIXES = ('pretrain_network_', 'strict_load_', 'param_key_')
+PATH_KEYS = {'resume_state', 'ignore_resume_networks', 'experiments_root', 'models', 'training_states', 'log',
+             'visualization', 'results_root'}
+DIST_PARAM_KEYS = {'backend', 'port', 'timeout'}
+PATCHWISE_KEYS = {'patch', 'step', 'batch'}
+LOADER_KEYS = {'name', 'type', 'phase', 'scale', 'num_worker_per_gpu', 'batch_size_per_gpu', 'dataset_enlarge_ratio',
+               'prefetch_mode', 'pin_memory', 'persistent_workers', 'num_prefetch_queue'}
+PAIRED_DATASET_KEYS = LOADER_KEYS | {'dataroot_gt', 'dataroot_lq', 'meta_info_file', 'filename_tmpl', 'io_backend',
+                                     'gt_size', 'use_hflip', 'use_rot', 'color', 'mean', 'std'}
+DATASET_KEYS = {'CADyQPairedImageDataset': PAIRED_DATASET_KEYS | {'on_bad_sample'},
+                'PairedImageDataset': PAIRED_DATASET_KEYS}
+PAIRED_TRAIN_REQUIRED = ('gt_size', 'use_hflip', 'use_rot', 'batch_size_per_gpu', 'num_worker_per_gpu')
 
 
 class ConfigError(ValueError):
@@ -64,6 +103,12 @@ def _is_count(value, minimum=1):
     return float(value).is_integer() and value >= minimum
 
 
+def did_you_mean(name, candidates):
+    """`` (did you mean 'x'?)`` for the closest of ``candidates``, or an empty string."""
+    close = difflib.get_close_matches(str(name), sorted(str(c) for c in candidates), n=1, cutoff=0.6)
+    return f' (did you mean {close[0]!r}?)' if close else ''
+
+
 def _registries():
     import cadyq_plugin  # noqa: F401  (registration, compat shim before basicsr)
     import basicsr.archs  # noqa: F401  (each basicsr subpackage fills its registry on import)
@@ -75,16 +120,120 @@ def _registries():
     return registry
 
 
+def lookup(registry, name):
+    """``registry``'s object for ``name`` as BasicSR's ``Registry.get`` finds it (``name``, else
+    ``name_basicsr``), or None; without the print BasicSR makes."""
+    if not isinstance(name, str):
+        return None
+    objects = registry._obj_map
+    return objects.get(name, objects.get(f'{name}_basicsr'))
+
+
 def _model_class(opt):
-    registry = _registries()
-    name = opt.get('model_type')
-    return registry.MODEL_REGISTRY.get(name) if name in registry.MODEL_REGISTRY else None
+    return lookup(_registries().MODEL_REGISTRY, opt.get('model_type'))
 
 
 def _is_cadyq_model(opt):
-    from cadyq_plugin.models.cadyq_model import CADyQModel
+    from cadyq_plugin.models import CADyQSRModel
     cls = _model_class(opt)
-    return cls is not None and issubclass(cls, CADyQModel)
+    return isinstance(cls, type) and issubclass(cls, CADyQSRModel)
+
+
+def _is_distilling_model(opt):
+    from cadyq_plugin.models import CADyQModel
+    cls = _model_class(opt)
+    return isinstance(cls, type) and issubclass(cls, CADyQModel)
+
+
+def _needs_pixel_or_perceptual_loss(opt):
+    """SRModel's training set-up (SRModel and the models that keep it) fails without either loss; GAN models
+    and non-SR models build their own losses."""
+    from basicsr.models.sr_model import SRModel
+    from basicsr.models.srgan_model import SRGANModel
+    cls = _model_class(opt)
+    return isinstance(cls, type) and issubclass(cls, SRModel) and not issubclass(cls, SRGANModel)
+
+
+def _signature_keys(obj):
+    """Argument names of a class or function plus ``type``; None when it takes ``**kwargs`` (any key)."""
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return None
+    return {name for name in params if name not in ('self', 'opt')} | {'type'}
+
+
+def known_keys(opt, path):
+    """The keys the section at ``path`` (a tuple of keys into ``opt``) may hold, or None for any key.
+
+    Sections with a registered ``type`` are known by the signature of what is built from them (archs, losses,
+    optimizers, schedulers); datasets by :data:`DATASET_KEYS` (others accept anything, like BasicSR).
+    """
+    path = tuple(path)
+    node = opt
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    section = node if isinstance(node, dict) else {}
+    if not path:
+        return TOP_LEVEL_KEYS | {k for k in opt if str(k).startswith('network_')} | {'network_g', 'network_t'}
+    head = path[0]
+    if len(path) == 1:
+        return {'train': TRAIN_KEYS, 'val': VAL_KEYS, 'logger': LOGGER_KEYS, 'dist_params': DIST_PARAM_KEYS}.get(
+            head, _path_keys(section) if head == 'path' else (_arch_keys(section) if str(head).startswith(
+                'network_') else None))
+    if head == 'datasets' and len(path) == 2:
+        return DATASET_KEYS.get(section.get('type'))
+    if path == ('val', 'patchwise'):
+        return PATCHWISE_KEYS
+    if head == 'train' and len(path) == 2:
+        return _train_section_keys(path[1], section)
+    return None
+
+
+def _path_keys(section):
+    return PATH_KEYS | {k for k in section if str(k).startswith(PATH_PREFIXES)} | {
+        prefix + net for prefix in PATH_PREFIXES for net in ('g', 't', 'd')}
+
+
+def _arch_keys(section):
+    cls = lookup(_registries().ARCH_REGISTRY, section.get('type'))
+    return _signature_keys(cls) if cls is not None else None
+
+
+def _train_section_keys(name, section):
+    import torch
+    if name == 'scheduler':
+        from basicsr.models import lr_scheduler
+        kind = section.get('type')
+        cls = lr_scheduler.MultiStepRestartLR if kind in ('MultiStepLR', 'MultiStepRestartLR') else getattr(
+            lr_scheduler, str(kind), None)
+        keys = _signature_keys(cls) if isinstance(cls, type) else None
+        return keys - {'optimizer', 'last_epoch'} if keys else None
+    if str(name).startswith('optim_'):
+        cls = getattr(torch.optim, str(section.get('type')), None)
+        keys = _signature_keys(cls) if isinstance(cls, type) else None
+        return keys - {'params'} if keys else None
+    if str(name).endswith('_opt'):
+        cls = lookup(_registries().LOSS_REGISTRY, section.get('type'))
+        return _signature_keys(cls) if cls is not None else None
+    return None
+
+
+def _check_unknown_keys(opt, path, problems, known=None):
+    """One problem per key of the section at ``path`` that nothing reads; returns the unknown keys."""
+    node = opt
+    for key in path:
+        node = node.get(key) if isinstance(node, dict) else None
+    known = known if known is not None else known_keys(opt, path)
+    if not isinstance(node, dict) or known is None:
+        return []
+    where = '.'.join(str(p) for p in path)
+    unknown = [key for key in node if key not in known]
+    for key in unknown:
+        problems.add(f'{where}.{key}', node[key], 'not a known key of this section' + did_you_mean(key, known))
+    return unknown
 
 
 # --------------------------------------------------------------------------------------------- networks
@@ -99,21 +248,21 @@ def _resolve_network(net_opt, key, problems):
         problems.add(key, net_opt, 'expected a section with at least a type')
         return None
     arch_type = net_opt.get('type')
-    if arch_type not in registry.ARCH_REGISTRY:
-        cadyq_archs = sorted(n for n, c in registry.ARCH_REGISTRY._obj_map.items()
-                             if isinstance(c, type) and issubclass(c, CADyQNet))
-        problems.add(f'{key}.type', arch_type, f'expected a registered arch, e.g. one of {cadyq_archs}')
+    cls = lookup(registry.ARCH_REGISTRY, arch_type)
+    if cls is None:
+        problems.add(f'{key}.type', arch_type, 'expected a registered arch' + did_you_mean(
+            arch_type, registry.ARCH_REGISTRY._obj_map))
         return None
-    cls = registry.ARCH_REGISTRY.get(arch_type)
     if not (isinstance(cls, type) and issubclass(cls, CADyQNet)):
         return None
     params = inspect.signature(cls).parameters
     open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
     if not open_ended:
+        known = set(params) | {'type'}
         for name in net_opt:
-            if name != 'type' and name not in params:
-                problems.add(f'{key}.{name}', net_opt[name], f'not an argument of {arch_type}; its arguments are '
-                             f'{sorted(params)}')
+            if name not in known:
+                problems.add(f'{key}.{name}', net_opt[name], f'not an argument of {arch_type}' +
+                             (did_you_mean(name, known) or f'; its arguments are {sorted(params)}'))
     resolved = {name: p.default for name, p in params.items() if p.default is not p.empty}
     resolved.update((name, value) for name, value in net_opt.items() if open_ended or name in params or name == 'type')
     if resolved.get('quant_mode') not in QUANT_MODES:
@@ -121,8 +270,7 @@ def _resolve_network(net_opt, key, problems):
     try:
         check_candidate_bits(resolved.get('bits'))
     except ValueError:
-        problems.add(f'{key}.bits', resolved.get('bits'), 'expected a sorted list of at least 2 distinct integers '
-                     'in 2..8, e.g. [4, 6, 8]')
+        problems.add(f'{key}.bits', resolved.get('bits'), BITS_EXPECTED)
     for name in ('w_bits', 'a_bits'):
         value = resolved.get(name)
         if not (_is_int(value) and 2 <= value <= 32):
@@ -148,7 +296,7 @@ def _check_networks(opt, phase, problems):
             problems.add('network_t.type', teacher['type'], f'expected {student["type"]!r} like network_g: the teacher '
                          'must be the same backbone as the student')
         for name in sorted(set(student) | set(teacher)):
-            if name in QUANT_KEYS or name == 'type' or student['type'] != teacher['type']:
+            if name in QUANT_KEYS or name in ('type', 'backend') or student['type'] != teacher['type']:
                 continue
             if student.get(name) != teacher.get(name):
                 what = 'scale' if name == 'upscale' else 'size'
@@ -163,8 +311,10 @@ def _check_general(opt, phase, problems):
     if not isinstance(opt.get('name'), str) or not opt.get('name'):
         problems.add('name', opt.get('name'), 'expected the experiment name (a non-empty string)')
     model_type = opt.get('model_type')
-    if model_type not in registry.MODEL_REGISTRY:
-        problems.add('model_type', model_type, f'expected a registered model, e.g. {CADYQ_MODEL!r} or \'SRModel\'')
+    if _model_class(opt) is None:
+        problems.add('model_type', model_type, 'expected a registered model' + (
+            did_you_mean(model_type, registry.MODEL_REGISTRY._obj_map) or f', e.g. {CADYQ_MODELS[-1]!r} or '
+            "'SRModel'"))
     num_gpu = opt.get('num_gpu', 'auto')
     if num_gpu != 'auto':
         if not _is_int(num_gpu) or num_gpu < 0:
@@ -178,12 +328,25 @@ def _check_general(opt, phase, problems):
     seed = opt.get('manual_seed')
     if seed is not None and not _is_int(seed):
         problems.add('manual_seed', seed, 'expected an integer (or ~ for a random seed)')
+    dist_params = opt.get('dist_params')
+    if dist_params is not None and not isinstance(dist_params, dict):
+        problems.add('dist_params', dist_params, f'expected a section with some of {sorted(DIST_PARAM_KEYS)}')
+    elif dist_params:
+        _check_unknown_keys(opt, ('dist_params',), problems)
+        if dist_params.get('backend') not in (None, 'gloo', 'nccl', 'mpi'):
+            problems.add('dist_params.backend', dist_params['backend'], "expected 'gloo' (CPU), 'nccl' (GPU) or ~ "
+                         '(chosen by the device)')
+
+
+def _uses_paired_dataset(opt):
+    return any(isinstance(d, dict) and d.get('type') in DATASET_KEYS for d in (opt.get('datasets') or {}).values())
 
 
 def _check_scale(opt, student, problems):
     scale = opt.get('scale')
     if scale is None:
-        problems.missing('scale', 'the upscaling factor of the datasets (BasicSR passes it to every dataset)')
+        if _is_cadyq_model(opt) or _uses_paired_dataset(opt):
+            problems.missing('scale', 'the upscaling factor of the datasets (the pipeline passes it to every dataset)')
         return
     if not _is_int(scale) or scale < 1:
         problems.add('scale', scale, 'expected a positive integer')
@@ -203,17 +366,16 @@ def _check_paths(opt, phase, resuming, check_files, problems):
     if not isinstance(path, dict):
         problems.add('path', path, 'expected a section')
         return
-    for key in ('pretrain_network_g', 'pretrain_network_t'):
-        value = path.get(key)
-        if value is None:
+    for key, value in path.items():
+        if not str(key).startswith('pretrain_network_') or value is None:
             continue
         if key == 'pretrain_network_g' and resuming:
-            continue  # BasicSR replaces it with the resumed iteration's checkpoint
+            continue  # resuming replaces it with the resumed iteration's checkpoint
         if not isinstance(value, str):
             problems.add(f'path.{key}', value, 'expected the path of a checkpoint file')
         elif check_files and not os.path.isfile(os.path.expanduser(value)):
-            problems.add(f'path.{key}', value, 'expected an existing checkpoint file (run the previous stage or '
-                         'convert a checkpoint first)')
+            problems.add(f'path.{key}', value, 'expected an existing checkpoint file' + (
+                ' (run the previous stage or convert a checkpoint first)' if _is_cadyq_model(opt) else ''))
     resume_state = path.get('resume_state')
     if resume_state is not None and check_files and not os.path.isfile(os.path.expanduser(str(resume_state))):
         problems.add('path.resume_state', resume_state, 'expected an existing training state file')
@@ -222,17 +384,17 @@ def _check_paths(opt, phase, resuming, check_files, problems):
 def _check_teacher(opt, phase, student, problems):
     train = opt.get('train') or {}
     path = opt.get('path') or {}
-    cadyq_model = _is_cadyq_model(opt)
     model_type = opt.get('model_type')
-    if phase == 'train' and not cadyq_model and _model_class(opt) is not None:
+    distilling = _is_distilling_model(opt)
+    if phase == 'train' and not distilling and _model_class(opt) is not None:
         for key in ('kd_opt', 'bit_opt'):
             if train.get(key) is not None:
                 problems.add(f'train.{key}', train[key]['type'] if isinstance(train[key], dict) else train[key],
-                             f'is ignored by model_type {model_type!r}: use model_type {CADYQ_MODEL!r}')
-        if opt.get('network_t') is not None:
+                             f'is ignored by model_type {model_type!r}: use model_type \'CADyQModel\'')
+        if opt.get('network_t') is not None and _is_cadyq_model(opt):
             problems.add('network_t', opt['network_t'], f'is ignored by model_type {model_type!r}: use model_type '
-                         f'{CADYQ_MODEL!r} for a teacher')
-    if not cadyq_model:
+                         '\'CADyQModel\' for a teacher')
+    if not distilling:
         return
     if phase == 'train' and train.get('kd_opt') is not None:
         if opt.get('network_t') is None:
@@ -258,57 +420,69 @@ def _check_datasets(opt, phase, check_files, problems):
         problems.missing('datasets.train', 'the training dataset')
     for name, dataset in datasets.items():
         key = f'datasets.{name}'
-        kind = name.split('_')[0]
-        allowed = ('train', 'val') if phase == 'train' else ('test', 'val')
-        if kind not in allowed:
-            problems.add(key, name, f'expected a section named {" / ".join(k + "[_N]" for k in allowed)}')
+        kind = str(name).split('_')[0]
+        if phase == 'train' and kind not in ('train', 'val'):
+            problems.add(key, name, 'expected a section named train or val[_N] (a test set belongs in a test '
+                         'options file)')
             continue
         if not isinstance(dataset, dict):
             problems.add(key, dataset, 'expected a dataset section')
             continue
-        if dataset.get('type') not in registry.DATASET_REGISTRY:
-            problems.add(f'{key}.type', dataset.get('type'), "expected a registered dataset, e.g. "
-                         "'CADyQPairedImageDataset'")
-        backend = (dataset.get('io_backend') or {}).get('type') if isinstance(dataset.get('io_backend'), dict) \
-            else None
-        if backend not in IO_BACKENDS:
+        dataset_type = dataset.get('type')
+        if lookup(registry.DATASET_REGISTRY, dataset_type) is None:
+            problems.add(f'{key}.type', dataset_type, 'expected a registered dataset' + (
+                did_you_mean(dataset_type, registry.DATASET_REGISTRY._obj_map) or
+                ", e.g. 'CADyQPairedImageDataset'"))
+        unknown = _check_unknown_keys(opt, ('datasets', name), problems)
+        io_backend = dataset.get('io_backend')
+        backend = io_backend.get('type') if isinstance(io_backend, dict) else None
+        if (io_backend is not None or dataset_type in DATASET_KEYS) and backend not in IO_BACKENDS:
             problems.add(f'{key}.io_backend.type', backend, f'expected one of {list(IO_BACKENDS)}')
         for root_key in ('dataroot_gt', 'dataroot_lq'):
             root = dataset.get(root_key)
             if root is None or not check_files or backend == 'memcached':
                 continue
             root = os.path.expanduser(str(root))
-            if not os.path.isdir(root):
-                problems.add(f'{key}.{root_key}', dataset[root_key], 'expected an existing folder' +
-                             (' (an LMDB folder)' if backend == 'lmdb' else ''))
+            if backend == 'lmdb' and not os.path.isdir(root):
+                problems.add(f'{key}.{root_key}', dataset[root_key], 'expected an existing folder (an LMDB folder)')
             elif backend == 'lmdb' and not os.path.isfile(os.path.join(root, 'meta_info.txt')):
                 problems.add(f'{key}.{root_key}', dataset[root_key], 'expected an LMDB folder with meta_info.txt '
                              '(made by scripts/prepare_*.py or BasicSR\'s create_lmdb)')
-        policy = dataset.get('on_bad_sample')
-        if policy is not None:
-            if policy not in BAD_SAMPLE_CHOICES:
-                problems.add(f'{key}.on_bad_sample', policy, f'expected one of {list(BAD_SAMPLE_CHOICES)}')
-            elif policy == 'skip' and kind != 'train':
-                problems.add(f'{key}.on_bad_sample', policy, "expected 'raise': a validation/test set cannot skip "
-                             'images (its metrics would silently cover fewer of them)')
-            if dataset.get('type') == 'PairedImageDataset':
-                problems.add(f'{key}.type', dataset['type'], "expected 'CADyQPairedImageDataset': on_bad_sample is "
-                             'ignored by PairedImageDataset')
-        if kind == 'train':
-            _check_train_dataset(opt, dataset, key, problems)
+            elif not os.path.exists(root):
+                problems.add(f'{key}.{root_key}', dataset[root_key], 'expected an existing folder')
+        _check_bad_sample_policy(dataset, key, kind, problems)
+        if kind == 'train' and dataset_type in DATASET_KEYS:
+            _check_train_dataset(opt, dataset, key, unknown, problems)
 
 
-def _check_train_dataset(opt, dataset, key, problems):
+def _check_bad_sample_policy(dataset, key, kind, problems):
+    policy = dataset.get('on_bad_sample')
+    if policy is None:
+        return
+    if policy not in BAD_SAMPLE_CHOICES:
+        problems.add(f'{key}.on_bad_sample', policy, f'expected one of {list(BAD_SAMPLE_CHOICES)}')
+    elif policy == 'skip' and kind != 'train':
+        problems.add(f'{key}.on_bad_sample', policy, "expected 'raise': a validation/test set cannot skip "
+                     'images (its metrics would silently cover fewer of them)')
+
+
+def _check_train_dataset(opt, dataset, key, unknown, problems):
+    """The keys a paired training set reads; a missing one that an unknown key resembles was named there."""
     scale = opt.get('scale')
+    misspelt = {close for name in unknown for close in difflib.get_close_matches(str(name), PAIRED_TRAIN_REQUIRED,
+                                                                                 n=1, cutoff=0.6)}
+    for name in PAIRED_TRAIN_REQUIRED:
+        if name not in dataset and name not in misspelt:
+            problems.missing(f'{key}.{name}', 'a training set reads it')
     gt_size = dataset.get('gt_size')
-    if not _is_count(gt_size):
+    if gt_size is not None and not _is_count(gt_size):
         problems.add(f'{key}.gt_size', gt_size, 'expected a positive integer (HR patch size)')
-    elif _is_int(scale) and scale > 0 and gt_size % scale:
+    elif gt_size is not None and _is_int(scale) and scale > 0 and gt_size % scale:
         problems.add(f'{key}.gt_size', gt_size, f'expected a multiple of scale {scale} (the LR patch is '
                      'gt_size / scale)')
     for name, minimum in (('batch_size_per_gpu', 1), ('num_worker_per_gpu', 0)):
-        if not _is_count(dataset.get(name), minimum):
-            problems.add(f'{key}.{name}', dataset.get(name), f'expected an integer >= {minimum}')
+        if name in dataset and not _is_count(dataset[name], minimum):
+            problems.add(f'{key}.{name}', dataset[name], f'expected an integer >= {minimum}')
     ratio = dataset.get('dataset_enlarge_ratio', 1)
     if not _is_count(ratio):
         problems.add(f'{key}.dataset_enlarge_ratio', ratio, 'expected a positive integer')
@@ -335,15 +509,21 @@ def _check_train(opt, problems):
             section = train.get(key)
             optim_type = section.get('type') if isinstance(section, dict) else None
             if section is not None and not isinstance(getattr(torch.optim, str(optim_type), None), type):
-                problems.add(f'train.{key}.type', optim_type, 'expected a torch.optim class name such as Adam')
+                problems.add(f'train.{key}.type', optim_type, 'expected a torch.optim class name such as Adam' +
+                             did_you_mean(optim_type, [n for n in dir(torch.optim) if n[:1].isupper()]))
     elif optim_g['type'] != 'Adam':
         problems.add('train.optim_g.type', optim_g['type'], f"expected 'Adam' (the only optimizer BasicSR's "
                      f"{opt.get('model_type')} builds)")
     scheduler = train.get('scheduler')
     if isinstance(scheduler, dict) and scheduler.get('type') not in SCHEDULERS:
         problems.add('train.scheduler.type', scheduler.get('type'), f'expected one of {list(SCHEDULERS)}')
-    if train.get('pixel_opt') is None and train.get('perceptual_opt') is None:
-        problems.missing('train.pixel_opt', 'a pixel loss (e.g. L1Loss)')
+    if _needs_pixel_or_perceptual_loss(opt) and not train.get('pixel_opt') and not train.get('perceptual_opt'):
+        problems.missing('train.pixel_opt', 'a pixel loss (e.g. L1Loss) or train.perceptual_opt: '
+                         f'{opt.get("model_type")} trains with at least one of them')
+    plugin_losses = ('ATLoss', 'BitLoss')
+    for name, section in train.items():
+        if str(name).endswith('_opt') and isinstance(section, dict) and section.get('type') in plugin_losses:
+            _check_unknown_keys(opt, ('train', name), problems)
     logger = opt.get('logger') or {}
     for name in ('print_freq', 'save_checkpoint_freq'):
         if not _is_count(logger.get(name)):
@@ -374,12 +554,13 @@ def _check_val(opt, phase, student, problems):
     for name, metric in metrics.items():
         metric_type = metric.get('type') if isinstance(metric, dict) else None
         key = f'val.metrics.{name}.type'
-        if metric_type not in registry.METRIC_REGISTRY:
-            problems.add(key, metric_type, 'expected a registered metric (calculate_psnr, calculate_ssim, '
-                         'calculate_avg_bit, calculate_bitops, ...)')
+        if lookup(registry.METRIC_REGISTRY, metric_type) is None:
+            problems.add(key, metric_type, 'expected a registered metric' + (
+                did_you_mean(metric_type, registry.METRIC_REGISTRY._obj_map) or
+                ' (calculate_psnr, calculate_ssim, calculate_avg_bit, calculate_bitops, ...)'))
         elif metric_type in QUANT_METRICS and not cadyq_model:
             problems.add(key, metric_type, f'cannot be produced by model_type {model_type!r}: it needs the bit record '
-                         f'of model_type {CADYQ_MODEL!r}')
+                         f'of model_type {CADYQ_MODELS[0]!r} or {CADYQ_MODELS[1]!r}')
         elif (metric_type == 'calculate_avg_bit' and student is not None and student.get('quant_mode') == 'fp'):
             problems.add(key, metric_type, 'cannot be produced by network_g.quant_mode fp (no quantized '
                          'activations); remove it or use pams/cadyq')
@@ -397,10 +578,8 @@ def _check_patchwise(opt, patchwise, cadyq_model, problems):
         return
     if not cadyq_model:
         problems.add('val.patchwise', dict(patchwise), f'is ignored by model_type {opt.get("model_type")!r}: use '
-                     f'{CADYQ_MODEL!r}')
-    unknown = sorted(set(patchwise) - {'patch', 'step', 'batch'})
-    for name in unknown:
-        problems.add(f'val.patchwise.{name}', patchwise[name], 'not a patch-wise setting (patch, step, batch)')
+                     f'{CADYQ_MODELS[0]!r} or {CADYQ_MODELS[1]!r}')
+    _check_unknown_keys(opt, ('val', 'patchwise'), problems)
     values = {}
     for name in ('patch', 'step', 'batch'):
         value = patchwise.get(name, 1 if name == 'batch' else None)
@@ -421,7 +600,7 @@ def _check_patchwise(opt, patchwise, cadyq_model, problems):
                      'whole pixels (e.g. step = patch - 6)')
 
 
-# --------------------------------------------------------------------------------------------- entry points
+# --------------------------------------------------------------------------------------------- entry point
 def check_options(opt, yml_path, phase='train', resuming=False, check_files=True):
     """Raise :class:`ConfigError` listing every problem of ``opt`` (parsed from ``yml_path``); return None.
 
@@ -429,7 +608,7 @@ def check_options(opt, yml_path, phase='train', resuming=False, check_files=True
         opt (dict): options as parsed from the yml (BasicSR's ordered dicts), ``--force_yml`` applied.
         yml_path (str): the file, for the message.
         phase (str): ``train`` or ``test``.
-        resuming (bool): a training state will be resumed (``pretrain_network_g`` is then replaced by BasicSR).
+        resuming (bool): a training state will be resumed (``pretrain_network_g`` is then replaced).
         check_files (bool): check that checkpoints and dataset folders exist.
 
     ``opt`` is not modified.
@@ -450,64 +629,3 @@ def check_options(opt, yml_path, phase='train', resuming=False, check_files=True
     _check_val(opt, phase, student, problems)
     if problems:
         raise ConfigError(yml_path, problems)
-
-
-def read_yml(yml_path):
-    """Parse ``yml_path`` the way BasicSR does; unreadable or invalid files raise :class:`ConfigError`."""
-    import yaml
-    _registries()
-    from basicsr.utils.options import ordered_yaml
-    try:
-        with open(yml_path, mode='r') as f:
-            return yaml.load(f, Loader=ordered_yaml()[0])
-    except OSError as err:
-        raise ConfigError(yml_path, [f'cannot read the file: {err.strerror}']) from err
-    except yaml.YAMLError as err:
-        raise ConfigError(yml_path, [f'not valid YAML: {err}']) from err
-
-
-def apply_force_yml(opt, entries, yml_path):
-    """Apply BasicSR's ``--force_yml a:b=value`` overrides (same value parsing) to ``opt`` in place."""
-    from basicsr.utils.options import _postprocess_yml_value
-    for entry in entries or ():
-        if '=' not in entry:
-            raise ConfigError(yml_path, [f'--force_yml {entry!r}: expected key:subkey=value'])
-        keys, value = (part.strip() for part in entry.split('=', 1))
-        node, path = opt, keys.split(':')
-        for depth, key in enumerate(path[:-1]):
-            if not isinstance(node.get(key) if isinstance(node, dict) else None, dict):
-                raise ConfigError(yml_path, [f'--force_yml {entry!r}: {":".join(path[:depth + 1])} is not a section '
-                                             'of the options (--force_yml cannot create sections)'])
-            node = node[key]
-        node[path[-1]] = _postprocess_yml_value(value)
-    return opt
-
-
-def will_resume(opt, auto_resume, root):
-    """Whether BasicSR will resume a training state for these options (``--auto_resume`` or
-    ``path.resume_state``)."""
-    if (opt.get('path') or {}).get('resume_state'):
-        return True
-    if not auto_resume:
-        return False
-    state_dir = os.path.join(root, 'experiments', str(opt.get('name')), 'training_states')
-    return os.path.isdir(state_dir) and any(name.endswith('.state') for name in os.listdir(state_dir))
-
-
-def check_command_options(command, args, root):
-    """Check the options of ``basicsr train|test`` (its argument list ``args``) before anything runs."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument('-opt', required=False)
-    parser.add_argument('--auto_resume', action='store_true')
-    parser.add_argument('--debug', action='store_true')
-    parser.add_argument('--force_yml', nargs='+', default=None)
-    known, _ = parser.parse_known_args(args)
-    if known.opt is None:
-        return  # BasicSR's own parser reports the missing -opt
-    opt = apply_force_yml(read_yml(known.opt), known.force_yml, known.opt)
-    if isinstance(opt, dict) and known.debug and isinstance(opt.get('name'), str) and \
-            not opt['name'].startswith('debug'):
-        opt['name'] = 'debug_' + opt['name']
-    phase = 'train' if command == 'train' else 'test'
-    resuming = phase == 'train' and isinstance(opt, dict) and will_resume(opt, known.auto_resume, root)
-    check_options(opt, known.opt, phase=phase, resuming=resuming)

@@ -16,7 +16,8 @@ class Inference(NamedTuple):
 
 
 def super_resolve(net, lq, patchwise: Optional[dict] = None, mac_counter=None) -> Inference:
-    """Run ``net`` (in the mode the caller set, normally eval) on ``lq`` [1, C, H, W] without gradients.
+    """Run ``net`` (in the mode the caller set, normally eval) on ``lq`` [1, C, H, W] without gradients. A network
+    that is not a CADyQ arch is treated as full precision (no selectors: empty bits).
 
     Args:
         patchwise: ``{patch, step, batch}`` (LR pixels, patches per forward) or None for one forward pass.
@@ -24,10 +25,16 @@ def super_resolve(net, lq, patchwise: Optional[dict] = None, mac_counter=None) -
             MAC table (for BitOPs); None leaves ``layers`` None.
     """
 
+    reports_bits = hasattr(net, 'n_selectors')  # a CADyQ arch: forward(x, return_aux=True) gives the bits
+
     def forward(lr_batch):
-        sr, aux = net(lr_batch, return_aux=True)
+        if reports_bits:
+            sr, aux = net(lr_batch, return_aux=True)
+            bits = aux['bits'].cpu()
+        else:  # any other arch: full precision, no selectors
+            sr, bits = net(lr_batch), torch.zeros(lr_batch.shape[0], 0)
         layers = mac_counter(lr_batch.shape[2], lr_batch.shape[3]) if mac_counter is not None else None
-        return sr, [{'layers': layers, 'bits': bits} for bits in aux['bits'].cpu()]
+        return sr, [{'layers': layers, 'bits': b} for b in bits]
 
     with torch.no_grad():
         if not patchwise:

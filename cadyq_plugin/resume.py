@@ -2,27 +2,35 @@
 
 BasicSR 1.4.2 resumes a run by restarting the saved epoch from its first batch and by leaving every random
 number generator at its fresh seed, so a resumed run sees other batches and other crops than the run it
-continues. This module adds:
+continues. The plugin's training pipeline uses:
 
+- :func:`load_resume_state`: the state to resume (``--auto_resume`` or ``path.resume_state``), read on the CPU with
+  ``weights_only=True``; an unreadable state is a :class:`~cadyq_plugin.checkpoint.CheckpointError` naming it.
 - :func:`capture_rng_state` / :func:`restore_rng_state`: the states of Python's ``random``, NumPy's global
   generator and torch's CPU (and CUDA) generators as plain tensors and numbers, so they go into the training
   state and load with ``weights_only=True``.
 - :class:`ResumableSampler`: BasicSR's ``EnlargedSampler`` that, in the first epoch after a resume, skips the
-  samples the interrupted run had already consumed, and restores the saved generator states at the moment the
-  interrupted run would have drawn its next batch. It also hands datasets that accept them
-  (``accepts_sample_keys``) a :class:`SampleKey` whose ``seed`` depends only on (manual seed, epoch, position
-  in the epoch), so augmentation is reproducible whatever the number of dataloader workers.
-- the hand-over of the loaded state from ``load_resume_state`` to the dataloader (:func:`set_pending_resume`,
-  :func:`take_pending_resume`), which BasicSR's pipeline builds in between.
+  samples the interrupted run had already consumed and restores the saved generator states at the moment the
+  interrupted run would have drawn its next batch. It yields :class:`SampleKey` s whose ``seed`` depends only on
+  (manual seed, epoch, position in the epoch).
+- :class:`SeededDataset`: any dataset (BasicSR's, the plugin's, a user's) read with Python's, NumPy's and torch's
+  generators seeded from the sample's key, so its random crops and flips are the same whatever the number of
+  dataloader workers and after a resume.
 """
+import os
 import random
+import re
 from collections import namedtuple
 
 import numpy as np
 import torch
 from basicsr.data.data_sampler import EnlargedSampler
+from basicsr.utils import check_resume
+from mmengine.dist import all_gather_object, get_dist_info
 
-STATE_KEY = 'cadyq'  # the plugin's entry in a training state: {'rng': ..., 'bad_steps': int}
+from cadyq_plugin.checkpoint import CheckpointError
+
+STATE_KEY = 'cadyq'  # the plugin's entry in a training state: {'rng', 'rng_per_rank', 'bad_steps', ...}
 
 SampleKey = namedtuple('SampleKey', ['index', 'seed'])
 SampleKey.__doc__ = 'A dataset index with the seed of its augmentation (see ResumableSampler).'
@@ -58,12 +66,7 @@ def restore_rng_state(state):
 
 def gather_rng_states():
     """Every rank's generator states in rank order (a collective in distributed runs: call it on all ranks)."""
-    state = capture_rng_state()
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [state]
-    states = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(states, state)
-    return states
+    return all_gather_object(capture_rng_state())
 
 
 def rng_state_for_rank(extra, rank):
@@ -86,22 +89,43 @@ class preserved_rng_state:  # noqa: N801  (a context manager, used like a functi
         return False
 
 
+class seeded_rng:  # noqa: N801
+    """Inside the block Python's, NumPy's and torch's CPU generators start from ``seed``; afterwards they are
+    as they were (CUDA generators are not touched)."""
+
+    def __init__(self, seed):
+        self.seed = int(seed)
+
+    def __enter__(self):
+        self.saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(self.seed)
+        np.random.seed(self.seed)
+        torch.default_generator.manual_seed(self.seed)
+        return self
+
+    def __exit__(self, *exc):
+        random.setstate(self.saved[0])
+        np.random.set_state(self.saved[1])
+        torch.set_rng_state(self.saved[2])
+        return False
+
+
 def sample_seed(seed, epoch, position):
     """A 32-bit seed that depends only on its arguments (not on worker, process or history)."""
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(position)]).generate_state(1)[0])
 
 
-# ------------------------------------------------------------------------------------------------ sampler
+# ------------------------------------------------------------------------------------------------ sampler, data
 class ResumableSampler(EnlargedSampler):
-    """``EnlargedSampler`` (same order: a permutation seeded by the epoch) that can continue a resumed epoch.
+    """``EnlargedSampler`` (same order: a permutation seeded by the epoch) that can continue a resumed epoch and
+    yields :class:`SampleKey` s for :class:`SeededDataset`.
 
-    Args: as ``EnlargedSampler``; ``seed`` (attribute) is the run's ``manual_seed``, set by the pipeline patch.
+    Args: as ``EnlargedSampler``, plus ``seed``: the run's ``manual_seed``.
     """
 
-    def __init__(self, dataset, num_replicas, rank, ratio=1):
+    def __init__(self, dataset, num_replicas, rank, ratio=1, seed=0):
         super().__init__(dataset, num_replicas, rank, ratio)
-        self.seed = 0
-        self.keyed = bool(getattr(dataset, 'accepts_sample_keys', False))
+        self.seed = int(seed)
         self._resume = None
 
     def resume(self, epoch, skip, rng_state=None):
@@ -128,29 +152,106 @@ class ResumableSampler(EnlargedSampler):
                 # the interrupted run was about to draw the next batch with exactly these generator states
                 restore_rng_state(rng_state)
         for offset, index in enumerate(indices[start:], start):
-            if self.keyed:
-                # global position of the sample in this epoch's permutation (unique across ranks)
-                yield SampleKey(index, sample_seed(self.seed, self.epoch, offset * self.num_replicas + self.rank))
-            else:
-                yield index
+            # global position of the sample in this epoch's permutation (unique across ranks)
+            yield SampleKey(index, sample_seed(self.seed, self.epoch, offset * self.num_replicas + self.rank))
 
 
-# ------------------------------------------------------------------------------------------------ hand-over
-_pending = {'state': None}
+class SeededDataset(torch.utils.data.Dataset):
+    """``dataset`` read by :class:`SampleKey`: each sample's randomness is a function of (seed, epoch, index),
+    whichever process or dataloader worker reads it. Attributes are the wrapped dataset's (``opt``, ``paths``)."""
 
+    def __init__(self, dataset):
+        self.dataset = dataset
 
-def set_pending_resume(state):
-    """Remember the training state being resumed (``None``: a fresh run) for :func:`take_pending_resume`."""
-    _pending['state'] = state
+    def __len__(self):
+        return len(self.dataset)
 
+    def __getitem__(self, key):
+        if not isinstance(key, SampleKey):
+            return self.dataset[key]
+        with seeded_rng(key.seed):
+            return self.dataset[key.index]
 
-def take_pending_resume():
-    state, _pending['state'] = _pending['state'], None
-    return state
+    def __getattr__(self, name):
+        if name == 'dataset':  # not set yet (unpickling in a worker): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 def consumed_batches(state_epoch, state_iter, batches_per_epoch):
-    """Batches of epoch ``state_epoch`` used by iterations ``1..state_iter`` (BasicSR runs ``batches_per_epoch``
-    iterations per epoch, epoch 0 first); ``None`` when the numbers do not fit (data or batch size changed)."""
+    """Batches of epoch ``state_epoch`` used by iterations ``1..state_iter`` (the pipeline runs
+    ``batches_per_epoch`` iterations per epoch, epoch 0 first); ``None`` when the numbers do not fit (data or
+    batch size changed)."""
     consumed = state_iter - state_epoch * batches_per_epoch
     return consumed if 0 <= consumed <= batches_per_epoch else None
+
+
+# ------------------------------------------------------------------------------------------------ the state
+_STALE_TEMPORARY = re.compile(r'^\..+\.(pth|state)\.[A-Za-z0-9_]+\.tmp$')
+
+
+def remove_stale_temporaries(opt, logger=print):
+    """Delete the temporary files of saves that a killed run never finished (``.<name>.<random>.tmp`` beside
+    ``models/*.pth`` and ``training_states/*.state``): they are incomplete by construction."""
+    for key in ('models', 'training_states'):
+        folder = opt['path'].get(key)
+        if not folder or not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            if _STALE_TEMPORARY.match(name):
+                os.remove(os.path.join(folder, name))
+                logger(f'removed {os.path.join(folder, name)}: an unfinished save of an interrupted run')
+
+
+def latest_state_path(opt):
+    """The training state to resume: ``path.resume_state``, else with ``--auto_resume`` the newest state of the
+    experiment, else None."""
+    if not opt.get('auto_resume'):
+        return opt['path'].get('resume_state')
+    folder = opt['path']['training_states']
+    iterations = [int(name[:-len('.state')]) for name in (os.listdir(folder) if os.path.isdir(folder) else [])
+                  if name.endswith('.state') and name[:-len('.state')].isdigit()]
+    return os.path.join(folder, f'{max(iterations)}.state') if iterations else None
+
+
+def load_resume_state(opt):
+    """Load the state to resume onto the CPU (``weights_only=True``) and point the networks at its iteration.
+
+    Sets ``opt['path']['resume_state']`` and applies BasicSR's ``check_resume`` (every ``pretrain_network_<x>``
+    becomes ``models/net_<x>_<iter>.pth``), except that networks that are never saved (the frozen teacher
+    ``network_t``) keep their configured weights: BasicSR would point them at a file that does not exist, so every
+    stage-2/3 resume failed. Returns None for a fresh run.
+    """
+    path = latest_state_path(opt)
+    if path is None:
+        return None
+    remove_stale_temporaries(opt)
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError ... for a bad file
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = next((line for line in lines if 'Unsupported global' in line), lines[0] if lines else '')
+        raise CheckpointError(f'cannot load training state {path!r}: {type(err).__name__}: {reason}. Move it out of '
+                              'training_states to resume from the previous one') from err
+    if not isinstance(state, dict) or not isinstance(state.get('iter'), int):
+        raise CheckpointError(f'training state {path!r} holds no iteration number: not a training state of a '
+                              'BasicSR run')
+    opt['path']['resume_state'] = path
+    configured = {key: value for key, value in opt['path'].items() if key.startswith('pretrain_network_')}
+    check_resume(opt, state['iter'])
+    for key, value in configured.items():
+        if key != 'pretrain_network_g' and value and not os.path.isfile(opt['path'][key]):
+            opt['path'][key] = value  # a frozen network (the teacher) is never saved: keep its weights
+    return state
+
+
+def resume_sampler(sampler, loader, state, logger):
+    """Make ``sampler`` continue the saved epoch exactly after the batches the interrupted run consumed."""
+    extra = state.get(STATE_KEY) or {}
+    consumed = consumed_batches(state['epoch'], state['iter'], len(loader))
+    if consumed is None:
+        logger.warning(f'resume: iteration {state["iter"]} is not in epoch {state["epoch"]} with {len(loader)} '
+                       'batches per epoch (data or batch size changed?): the epoch restarts from its first batch')
+    else:
+        logger.info(f'resume: epoch {state["epoch"]} continues after its first {consumed} batches')
+    sampler.resume(state['epoch'], (consumed or 0) * loader.batch_size, rng_state_for_rank(extra, get_dist_info()[0]))

@@ -9,16 +9,14 @@ Options beyond ``PairedImageDataset``'s:
     on_bad_sample (str): ``raise`` (default) or ``skip`` (training sets only): a bad pair is logged once per
         process and replaced by the next good one, so a few broken files in a large set do not stop a run.
 
-It also accepts the :class:`~cadyq_plugin.resume.SampleKey` indices of the plugin's resumable sampler: the
-augmentation (random crop, flips, rotation) of such a sample is drawn from its own seed, so it is the same
-whatever the number of dataloader workers and after a resume (the global generators are left untouched).
+(Exact resume needs nothing from the dataset: the training pipeline seeds every sample's augmentation, for this
+dataset and any other, see :class:`cadyq_plugin.resume.SeededDataset`.)
 
 Why a registered subclass rather than a patch of ``PairedImageDataset``: options files opt in explicitly
 (``type: CADyQPairedImageDataset``), BasicSR's class keeps its behaviour for everything else, and the checks
 live in one readable ``__getitem__`` instead of wrappers around OpenCV and the file client.
 """
 import logging
-import random
 
 import cv2
 import numpy as np
@@ -27,8 +25,6 @@ from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient, bgr2ycbcr, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torchvision.transforms.functional import normalize
-
-from cadyq_plugin.resume import SampleKey
 
 logger = logging.getLogger('basicsr')
 
@@ -42,8 +38,6 @@ class DataError(RuntimeError):
 @DATASET_REGISTRY.register()
 class CADyQPairedImageDataset(PairedImageDataset):
     """Paired LR/HR images (disk folders, meta-info file or LMDB), checked. See the module docstring."""
-
-    accepts_sample_keys = True
 
     def __init__(self, opt):
         self.name = opt.get('name', opt.get('phase', 'dataset'))
@@ -119,15 +113,14 @@ class CADyQPairedImageDataset(PairedImageDataset):
             raise DataError(f'{what}: GT is {h_gt}x{w_gt}, smaller than LQ {h_lq}x{w_lq} times scale {scale}')
 
     # ------------------------------------------------------------------------------------------- samples
-    def __getitem__(self, key):
-        index, seed = (key.index, key.seed) if isinstance(key, SampleKey) else (int(key), None)
+    def __getitem__(self, index):
         if self.on_bad_sample == 'raise':
-            return self._sample(index, seed)
+            return self._sample(index)
         first_error = None
         for attempt in range(min(MAX_SKIPS, len(self.paths))):
             current = (index + attempt) % len(self.paths)
             try:
-                return self._sample(current, seed)
+                return self._sample(current)
             except DataError as err:
                 first_error = first_error or err
                 if current not in self._warned:
@@ -136,7 +129,7 @@ class CADyQPairedImageDataset(PairedImageDataset):
         raise DataError(f'dataset {self.name!r}: {min(MAX_SKIPS, len(self.paths))} samples in a row from index '
                         f'{index} are bad (first: {first_error})')
 
-    def _sample(self, index, seed):
+    def _sample(self, index):
         scale = self.opt['scale']
         gt_path = self.paths[index]['gt_path']
         lq_path = self.paths[index]['lq_path']
@@ -145,9 +138,8 @@ class CADyQPairedImageDataset(PairedImageDataset):
         self._check_sizes(img_gt, img_lq, scale, gt_path)
 
         if self.opt['phase'] == 'train':
-            with _seeded(seed):
-                img_gt, img_lq = paired_random_crop(img_gt, img_lq, self.opt['gt_size'], scale, gt_path)
-                img_gt, img_lq = augment([img_gt, img_lq], self.opt['use_hflip'], self.opt['use_rot'])
+            img_gt, img_lq = paired_random_crop(img_gt, img_lq, self.opt['gt_size'], scale, gt_path)
+            img_gt, img_lq = augment([img_gt, img_lq], self.opt['use_hflip'], self.opt['use_rot'])
 
         if self.opt.get('color') == 'y':
             img_gt = bgr2ycbcr(img_gt, y_only=True)[..., None]
@@ -162,22 +154,3 @@ class CADyQPairedImageDataset(PairedImageDataset):
             normalize(img_gt, self.mean, self.std, inplace=True)
         return {'lq': img_lq, 'gt': img_gt, 'lq_path': lq_path, 'gt_path': gt_path}
 
-
-class _seeded:  # noqa: N801
-    """Draw from ``random``/``numpy`` seeded with ``seed`` inside the block and leave the global generators as
-    they were; ``seed=None`` draws from the global generators as BasicSR does."""
-
-    def __init__(self, seed):
-        self.seed = seed
-
-    def __enter__(self):
-        if self.seed is not None:
-            self.saved = random.getstate(), np.random.get_state()
-            random.seed(self.seed)
-            np.random.seed(self.seed)
-
-    def __exit__(self, *exc):
-        if self.seed is not None:
-            random.setstate(self.saved[0])
-            np.random.set_state(self.saved[1])
-        return False

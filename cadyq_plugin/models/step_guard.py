@@ -10,11 +10,12 @@ the buffers a forward pass updates (PAMS calibration ranges, BatchNorm statistic
    consecutive bad steps :class:`TrainingDivergedError` stops the run. Weights never become non-finite, so any
    checkpoint saved meanwhile holds the last good weights, and nothing is saved after the stop.
 
-The count of consecutive bad steps is part of the training state (see ``_compat.patch_reliability``).
+The count of consecutive bad steps is part of the training state (``CADyQSRModel.save_training_state``).
 """
 import math
 
 import torch
+from mmengine.dist import all_reduce
 
 DEFAULT_MAX_BAD_STEPS = 10
 
@@ -57,13 +58,9 @@ def _all_finite(tensors):
 
 def _agree_across_ranks(ok):
     """In a distributed run a step is good only if it is good on every rank."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        flag = ok.to(torch.float32).reshape(1)
-        if torch.distributed.get_backend() == 'nccl' and not flag.is_cuda:
-            flag = flag.cuda()
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-        return bool(flag.item() > 0)
-    return bool(ok.item())
+    flag = ok.to(torch.float32).reshape(1)
+    all_reduce(flag, op='min')  # a no-op outside a process group; on the group's device (nccl: CUDA)
+    return bool(flag.item() > 0)
 
 
 class StepGuard:
@@ -126,16 +123,6 @@ def _device(tensors):
 def _fmt(value):
     value = float(value)
     return repr(value) if not math.isfinite(value) else f'{value:.4e}'
-
-
-def get_step_guard(model):
-    """The model's :class:`StepGuard`, made on first use from ``train.max_bad_steps``."""
-    guard = getattr(model, 'step_guard', None)
-    if guard is None:
-        train_opt = model.opt.get('train') or {}
-        guard = StepGuard(train_opt.get('max_bad_steps', DEFAULT_MAX_BAD_STEPS))
-        model.step_guard = guard
-    return guard
 
 
 def checkpoint_dirs(model):

@@ -1,7 +1,7 @@
 """``basicsr bitops``: per-layer MACs and the FP / W8A8 / CADyQ BitOPs of an options file's network."""
 import argparse
+import sys
 
-from cadyq_plugin.tools.options import read_options
 
 
 def parse_size(text):
@@ -52,7 +52,16 @@ def main(argv):
     parser.add_argument('--fab', type=float, action='append', help='average bit of the dynamic layers '
                         '(repeatable; default: each candidate bit-width)')
     args = parser.parse_args(argv)
-    opt = read_options(args.opt)
+    import cadyq_plugin  # noqa: F401  (registration)
+    from cadyq_plugin.config_check import ConfigError
+    from cadyq_plugin.options import read_yml
+    try:
+        opt = read_yml(args.opt)
+        if not isinstance(opt.get('network_g'), dict):
+            raise ConfigError(args.opt, ['network_g is missing: the network whose BitOPs to count'])
+    except ConfigError as err:
+        print(f'basicsr bitops: {err}', file=sys.stderr)
+        return 1
     fabs = args.fab
     if fabs is None:
         fabs = [float(b) for b in opt['network_g'].get('bits', (4, 6, 8))]

@@ -10,10 +10,10 @@ import yaml
 
 
 def load_options(path):
+    """The options of ``path``, read by the pipelines' own parser."""
     import cadyq_plugin  # noqa: F401
-    from basicsr.utils.options import ordered_yaml
-    with open(path, mode='r') as f:
-        return yaml.load(f, Loader=ordered_yaml()[0])
+    from cadyq_plugin.options import read_yml
+    return read_yml(path)
 
 
 def set_key(opt, dotted_key, value):

@@ -1,0 +1,195 @@
+"""Experiment (and results) folders owned by one run at a time, and the signals that stop a run cleanly.
+
+BasicSR archives an existing ``experiments/<name>`` when a new run starts, so a second run with the name of a
+running one moved the first run's folder away while the first kept writing into the new one. A run now holds
+``experiments/.<name>.running`` (``results/.<name>.running`` for tests), created atomically before any folder
+is touched and removed when the run ends. A lock whose process is gone (a crash, SIGKILL) is stale and taken
+over, so ``--auto_resume`` after a crash just works.
+"""
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+from mmengine.dist import all_reduce, broadcast_object_list, get_dist_info
+
+
+class ExperimentError(RuntimeError):
+    """An experiment folder that this run cannot use; the message names the folder and what to do."""
+
+
+def _boot_id():
+    try:
+        with open('/proc/sys/kernel/random/boot_id') as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _start_ticks(pid):
+    """The process's start time in clock ticks since boot (Linux), to tell a live run from a reused pid."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return int(f.read().rsplit(')', 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(holder):
+    """Whether the process described by a lock file still runs (a lock of another host counts as alive)."""
+    if holder.get('host') != socket.gethostname():
+        return True
+    pid = holder.get('pid')
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's live process
+    if holder.get('boot_id') and holder.get('boot_id') != _boot_id():
+        return False
+    ticks = _start_ticks(pid)
+    return holder.get('start_ticks') is None or ticks is None or ticks == holder['start_ticks']
+
+
+class RunLock:
+    """``<parent>/.<name>.running`` for the folder ``<parent>/<name>``: :meth:`acquire` or raise."""
+
+    def __init__(self, folder, command):
+        folder = os.path.abspath(folder)
+        self.folder = folder
+        self.path = os.path.join(os.path.dirname(folder), f'.{os.path.basename(folder)}.running')
+        self.command = command
+        self.held = False
+
+    def read(self):
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def acquire(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.read()
+                if holder is not None and _alive(holder):
+                    raise ExperimentError(self._in_use(holder)) from None
+                os.remove(self.path)  # stale: its run crashed or was killed
+                continue
+            with os.fdopen(fd, 'w') as f:
+                json.dump({'pid': os.getpid(), 'host': socket.gethostname(), 'boot_id': _boot_id(),
+                           'start_ticks': _start_ticks(os.getpid()), 'started': time.strftime('%Y-%m-%d %H:%M:%S'),
+                           'command': self.command}, f)
+            self.held = True
+            return self
+        raise ExperimentError(f'cannot take the lock {self.path!r} of {self.folder!r}: another run keeps taking it')
+
+    def _in_use(self, holder):
+        where = f'process {holder.get("pid")} on {holder.get("host")}'
+        message = (f'{self.folder!r} is in use by {where} (started {holder.get("started")}: '
+                   f'{holder.get("command")}); that run is left untouched. Wait for it to end, stop it, or give this '
+                   "run another name (--force_yml name=...)")
+        if holder.get('host') != socket.gethostname():
+            message += f'. If that run is no longer running, delete {self.path}'
+        return message
+
+    def release(self):
+        if self.held:
+            holder = self.read()
+            if holder is not None and holder.get('pid') == os.getpid():
+                os.remove(self.path)
+            self.held = False
+
+
+def acquire_on_rank0(folder, command):
+    """Rank 0 takes the folder's :class:`RunLock`; every rank raises the same error if it is in use."""
+    rank, world_size = get_dist_info()
+    lock, outcome = RunLock(folder, command), [None]
+    if rank == 0:
+        try:
+            lock.acquire()
+        except ExperimentError as err:
+            outcome = [str(err)]
+    if world_size > 1:
+        broadcast_object_list(outcome)
+    if outcome[0] is not None:
+        raise ExperimentError(outcome[0])
+    return lock
+
+
+def command_line(command, argv):
+    """The command as the user typed it (for the lock file and the copied options file)."""
+    return ' '.join(['basicsr', command] + list(argv))
+
+
+def guarded_setup(step, folder):
+    """Run a set-up step that writes under ``folder``; an OS error (read-only, full, no permission) becomes one
+    :class:`ExperimentError` line naming the folder."""
+    try:
+        return step()
+    except OSError as err:
+        raise ExperimentError(f'cannot set up {folder!r}: {err}') from err
+
+
+class GracefulStop:
+    """SIGTERM (Slurm's preemption and time limit, ``kill``) and SIGINT (Ctrl-C): the first one lets the current
+    iteration finish so that the run saves and exits; a second one stops at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        for signum in self.SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # the second signal: no more waiting
+            raise KeyboardInterrupt(f'{signal.Signals(signum).name} received twice')
+        self.signum = signum
+        print(f'{signal.Signals(signum).name} received: saving after the current iteration (send it again to stop '
+              'at once)', file=sys.stderr, flush=True)
+
+    def requested(self):
+        """Whether any rank got a signal (every rank must agree, so all of them stop at the same iteration)."""
+        import torch
+        flag = torch.tensor([0.0 if self.signum is None else float(self.signum)])
+        all_reduce(flag, op='max')
+        if flag.item() and self.signum is None:
+            self.signum = int(flag.item())
+        return self.signum is not None
+
+    @property
+    def name(self):
+        return signal.Signals(self.signum).name if self.signum else None
+
+
+class WorkerInit:
+    """A dataloader ``worker_init_fn`` that first makes the worker ignore SIGTERM/SIGINT (the main process saves
+    and shuts the workers down; a worker killed by Ctrl-C would break the run before it saves), then runs
+    ``inner`` (BasicSR's per-worker seeding)."""
+
+    def __init__(self, inner=None):
+        self.inner = inner
+
+    def __call__(self, worker_id):
+        for signum in GracefulStop.SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        if self.inner is not None:
+            self.inner(worker_id)
