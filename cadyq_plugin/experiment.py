@@ -7,6 +7,7 @@ is touched and removed when the run ends. A lock whose process is gone (a crash,
 over, so ``--auto_resume`` after a crash just works.
 """
 import json
+import logging
 import os
 import signal
 import socket
@@ -125,6 +126,32 @@ def acquire_on_rank0(folder, command):
     return lock
 
 
+class LogFileHandler(logging.FileHandler):
+    """The run's log file; a write that fails (disk full, read-only) is reported once, in one line, instead of a
+    traceback per record (the console keeps logging, and the checkpoint saves say what failed)."""
+
+    def handleError(self, record):
+        if not getattr(self, 'failed', False):
+            self.failed = True
+            print(f'cannot write the log file {self.baseFilename}: {sys.exc_info()[1]}; logging to the console only',
+                  file=sys.stderr, flush=True)
+
+
+def run_logger(log_file):
+    """BasicSR's root logger of the run (console, and the log file on rank 0) with :class:`LogFileHandler`."""
+    from basicsr.utils import get_root_logger
+    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    for handler in list(logger.handlers):
+        if type(handler) is logging.FileHandler:
+            quiet = LogFileHandler(handler.baseFilename, 'a')
+            quiet.setFormatter(handler.formatter)
+            quiet.setLevel(handler.level)
+            logger.removeHandler(handler)
+            handler.close()
+            logger.addHandler(quiet)
+    return logger
+
+
 def command_line(command, argv):
     """The command as the user typed it (for the lock file and the copied options file)."""
     return ' '.join(['basicsr', command] + list(argv))
@@ -180,16 +207,24 @@ class GracefulStop:
         return signal.Signals(self.signum).name if self.signum else None
 
 
+def _quit_quietly(signum, frame):
+    os._exit(0)
+
+
 class WorkerInit:
-    """A dataloader ``worker_init_fn`` that first makes the worker ignore SIGTERM/SIGINT (the main process saves
-    and shuts the workers down; a worker killed by Ctrl-C would break the run before it saves), then runs
-    ``inner`` (BasicSR's per-worker seeding)."""
+    """A dataloader ``worker_init_fn`` that first makes SIGTERM/SIGINT end the worker quietly (exit status 0), then
+    runs ``inner`` (BasicSR's per-worker seeding).
+
+    Slurm and Ctrl-C signal every process, workers included. A worker killed by a signal makes PyTorch raise in the
+    main process at once, in the middle of a training step; a worker that exits quietly is noticed only at the next
+    batch, which the main process no longer fetches: it saves and stops (:class:`GracefulStop`).
+    """
 
     def __init__(self, inner=None):
         self.inner = inner
 
     def __call__(self, worker_id):
         for signum in GracefulStop.SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
+            signal.signal(signum, _quit_quietly)
         if self.inner is not None:
             self.inner(worker_id)

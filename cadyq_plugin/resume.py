@@ -241,7 +241,8 @@ def load_resume_state(opt):
     check_resume(opt, state['iter'])
     for key, value in configured.items():
         if key != 'pretrain_network_g' and value and not os.path.isfile(opt['path'][key]):
-            opt['path'][key] = value  # a frozen network (the teacher) is never saved: keep its weights
+            print(f'{opt["path"][key]} does not exist (a frozen network is never saved): keep {key} = {value}')
+            opt['path'][key] = value
     return state
 
 

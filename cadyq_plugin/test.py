@@ -1,17 +1,16 @@
 """``basicsr test``: the test pipeline, composed of BasicSR's building blocks (``basicsr.test.test_pipeline``
 step by step), with the options read and checked once, one run per results folder, a barrier after the folders
 are made, and ``--skip-missing`` for test sets whose data is not there."""
-import logging
 from os import path as osp
 
 import torch
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
-from basicsr.utils import get_env_info, get_root_logger, get_time_str, make_exp_dirs
+from basicsr.utils import get_env_info, get_time_str, make_exp_dirs
 from basicsr.utils.options import dict2str
 
 from cadyq_plugin.distributed import barrier
-from cadyq_plugin.experiment import acquire_on_rank0, command_line, guarded_setup
+from cadyq_plugin.experiment import acquire_on_rank0, command_line, guarded_setup, run_logger
 from cadyq_plugin.options import parse_options
 
 
@@ -25,7 +24,7 @@ def test_pipeline(root_path, argv):
         guarded_setup(lambda: make_exp_dirs(opt), results_root)
         barrier()
         log_file = osp.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log")
-        logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+        logger = run_logger(log_file)
         logger.info(get_env_info())
         logger.info(dict2str(opt))
         for name, root in args.skipped:

@@ -17,7 +17,6 @@ differ for CADyQ and for reliable runs on any machine:
   128 + the signal number, and ``--auto_resume`` continues from exactly there.
 """
 import datetime
-import logging
 import math
 import time
 from os import path as osp
@@ -27,14 +26,13 @@ from basicsr.data import build_dataloader, build_dataset
 from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
 from basicsr.models import build_model
 from basicsr.train import init_tb_loggers
-from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, make_exp_dirs,
-                           mkdir_and_rename)
+from basicsr.utils import AvgTimer, MessageLogger, get_env_info, get_time_str, make_exp_dirs, mkdir_and_rename
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.options import dict2str
 
 from cadyq_plugin.distributed import barrier
 from cadyq_plugin.experiment import (ExperimentError, GracefulStop, WorkerInit, acquire_on_rank0, command_line,
-                                     guarded_setup)
+                                     guarded_setup, run_logger)
 from cadyq_plugin.options import parse_options
 from cadyq_plugin.resume import ResumableSampler, SeededDataset, load_resume_state, resume_sampler
 
@@ -65,7 +63,7 @@ def _train(opt, args, command):
                    opt['path']['experiments_root'])
     barrier()  # no rank writes into a folder that rank 0 is still archiving or creating
     log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
-    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    logger = run_logger(log_file)
     logger.info(get_env_info())
     logger.info(dict2str(opt))
     tb_logger = init_tb_loggers(opt)

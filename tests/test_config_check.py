@@ -6,7 +6,8 @@ import os
 import pytest
 
 import cadyq_plugin  # noqa: F401  (compat shim before basicsr)
-from cadyq_plugin.config_check import ConfigError, apply_force_yml, check_options, read_yml
+from cadyq_plugin.config_check import ConfigError, check_options
+from cadyq_plugin.options import apply_force_yml, read_yml
 from tiny_workspace import OPTIONS, run_cli
 
 STAGE3 = os.path.join(OPTIONS, 'train_edsrbaseline_cadyq.yml')
@@ -128,7 +129,7 @@ def test_missing_dataset_folders_are_named(tmp_path):
     missing = str(tmp_path / 'DIV2K_train_HR_sub.lmdb')  # not the relative default: the user may have prepared it
     opt['datasets']['train']['dataroot_gt'] = missing
     found = problems(opt, path=STAGE1, check_files=True)
-    assert any(p.startswith('datasets.train.dataroot_gt = ') and 'DIV2K_train_HR_' in p and
+    assert any(p.startswith('datasets.train.dataroot_gt = ') and 'DIV2K_train_HR' in p and
                p.endswith('expected an existing folder (an LMDB folder)') for p in found), found
     lmdb_dir = tmp_path / 'gt.lmdb'
     lmdb_dir.mkdir()
@@ -142,7 +143,7 @@ def test_missing_dataset_folders_are_named(tmp_path):
     ({'patch': 0, 'step': 0}, 'val.patchwise.patch = 0: expected a positive integer'),
     ({'patch': 96, 'step': 90, 'batch': 0}, 'val.patchwise.batch = 0'),
     ({'patch': 96.0, 'step': 90}, 'val.patchwise.patch = 96.0'),
-    ({'patch': 96, 'step': 90, 'overlap': 6}, 'val.patchwise.overlap = 6: not a patch-wise setting'),
+    ({'patch': 96, 'step': 90, 'overlap': 6}, 'val.patchwise.overlap = 6: not a known key of this section'),
     ([96, 90], 'val.patchwise = [96, 90]'),
 ])
 def test_patchwise_tiling_must_be_consistent(patchwise, fragment):
@@ -170,9 +171,11 @@ def test_metrics_the_model_or_mode_cannot_produce():
     opt['network_g']['quant_mode'] = 'fp'
     del opt['train']['bit_opt']  # (a bit loss in fp mode is a problem of its own, checked below)
     one_problem(opt, 'val.metrics.avg_bit.type = ', 'cannot be produced by network_g.quant_mode fp')
-    opt = opt_of(STAGE1)  # SRModel: neither metric
+    opt = opt_of(STAGE1)  # stage 1 (CADyQSRModel, fp): BitOPs yes, FAB no
     opt['val']['metrics']['avg_bit'] = {'type': 'calculate_avg_bit'}
     opt['val']['metrics']['bitops'] = {'type': 'calculate_bitops'}
+    one_problem(opt, 'val.metrics.avg_bit.type = ', 'cannot be produced by network_g.quant_mode fp', path=STAGE1)
+    opt['model_type'] = 'SRModel'  # BasicSR's own model: neither metric
     found = problems(opt, path=STAGE1)
     assert len(found) == 2 and all("cannot be produced by model_type 'SRModel'" in p for p in found)
     opt = opt_of(STAGE3)
@@ -196,7 +199,8 @@ def test_bit_loss_and_distillation_need_the_cadyq_model_and_mode():
     one_problem(opt, "train.bit_opt = 'BitLoss'", 'needs network_g.quant_mode cadyq')
     opt = opt_of(STAGE1)
     opt['train']['kd_opt'] = {'type': 'ATLoss'}
-    one_problem(opt, "train.kd_opt = 'ATLoss'", "is ignored by model_type 'SRModel'", path=STAGE1)
+    one_problem(opt, "train.kd_opt = 'ATLoss'", "is ignored by model_type 'CADyQSRModel'", "use model_type "
+                "'CADyQModel'", path=STAGE1)
 
 
 def test_dataset_scale_must_match_the_network():

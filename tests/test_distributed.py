@@ -1,7 +1,7 @@
 """Distributed CADyQ on PyTorch's own engine, on the CPU (gloo): unit checks of cadyq_plugin.distributed, and
 2-process runs of the real ``basicsr`` command on tiny data: stage 3 through ``scripts/dist_train.sh`` (torchrun;
 training with validation and checkpoints, resume of an interrupted run), 1- vs 2-process validation on an odd
-number of images, and stage 1 (BasicSR's SRModel) through ``scripts/slurm_train.sh`` under a stand-in srun."""
+number of images, and stage 1 (CADyQSRModel) through ``scripts/slurm_train.sh`` under a stand-in srun."""
 import glob
 import os
 import re
@@ -17,7 +17,8 @@ from tiny_workspace import OPTIONS, REPO, make_tiny_pairs, run_cli, tiny_stage_o
 
 import cadyq_plugin  # noqa: F401  (compat shim before basicsr)
 from basicsr.archs import build_network
-from cadyq_plugin import _compat, distributed
+from cadyq_plugin import distributed, resume
+from cadyq_plugin.models import validation
 from cadyq_plugin.models.stage_loading import load_stage_weights
 from cadyq_plugin.quant import BitSelector, PAMSQuant, set_calibration
 from cadyq_plugin.tools.derive_options import derive_options
@@ -63,45 +64,53 @@ def test_backend_follows_dist_params_else_the_device():
     assert not distributed.uses_cuda(0)
 
 
-def test_dist_params_come_from_the_options_file_and_force_yml(tmp_path):
-    opt = tmp_path / 'x.yml'
-    opt.write_text('name: x\nnum_gpu: auto\ndist_params:\n  backend: gloo\n  port: 29500\n')
-    params = distributed.dist_options_from_argv(['-opt', str(opt), '--launcher', 'pytorch'])
-    assert params == {'backend': 'gloo', 'port': 29500, 'num_gpu': 'auto'}
-    params = distributed.dist_options_from_argv(
-        ['-opt', str(opt), '--force_yml', 'dist_params:port=1234', 'num_gpu=0', 'train:total_iter=3'])
-    assert params == {'backend': 'gloo', 'port': 1234, 'num_gpu': 0}
-    opt.write_text('name: x\nnum_gpu: 0\ndist_params:\n  bakend: gloo\n')
-    with pytest.raises(ValueError, match='bakend'):
-        distributed.dist_options_from_argv(['-opt', str(opt)])
+def test_dist_params_come_from_the_options_file_and_force_yml(workspace, monkeypatch):
+    """Both launchers get ``dist_params`` (with ``--force_yml`` applied) and ``num_gpu``, after the check."""
+    from cadyq_plugin import options
+    calls = []
+    monkeypatch.setattr(distributed, 'init_dist', lambda launcher, **kwargs: calls.append((launcher, kwargs)))
+    opt = cadyq_options(workspace, name='dist_params')
+    options.parse_options('train', ['-opt', opt, '--launcher', 'pytorch'], workspace['root'])
+    assert calls[-1] == ('pytorch', {'num_gpu': 0, 'port': 29500})
+    options.parse_options('train', ['-opt', opt, '--launcher', 'slurm', '--force_yml', 'dist_params:port=1234',
+                                    'dist_params:backend=gloo'], workspace['root'])
+    assert calls[-1] == ('slurm', {'num_gpu': 0, 'port': 1234, 'backend': 'gloo'})
+    with pytest.raises(options.ConfigError, match=r"dist_params has no key 'bakend'.*did you mean 'backend'"):
+        options.parse_options('train', ['-opt', opt, '--force_yml', 'dist_params:bakend=gloo'], workspace['root'])
+    typo = options.read_yml(opt)
+    typo['dist_params'] = {'bakend': 'gloo'}
+    with pytest.raises(options.ConfigError, match=r"dist_params.bakend = 'gloo': not a known key.*'backend'"):
+        options.check_options(typo, opt)
+
+
+def test_each_rank_is_seeded_with_seed_plus_rank(workspace, monkeypatch):
+    from cadyq_plugin import options
+    monkeypatch.setattr(distributed, 'init_dist', lambda launcher, **kwargs: None)
+    monkeypatch.setattr(distributed, 'get_dist_info', lambda: (1, 2))
+    opt = cadyq_options(workspace, name='seeded')
+    parsed, _ = options.parse_options('train', ['-opt', opt, '--launcher', 'pytorch', '--force_yml',
+                                                'manual_seed=10'], workspace['root'])
+    assert (parsed['rank'], parsed['world_size'], torch.initial_seed()) == (1, 2, 11)
 
 
 @pytest.mark.parametrize('num_items,world_size', [(3, 2), (5, 4), (1, 2), (0, 2), (8, 2)])
 def test_shards_are_disjoint_and_cover_every_image(num_items, world_size):
-    shards = [distributed.shard_indices(num_items, rank, world_size) for rank in range(world_size)]
+    shards = [validation.shard_indices(num_items, rank, world_size) for rank in range(world_size)]
     assert sorted(i for shard in shards for i in shard) == list(range(num_items))
     assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
-def test_basicsr_seeds_each_rank_with_seed_plus_rank(tmp_path, monkeypatch):
-    from basicsr.utils import options
-    opt = tmp_path / 'x.yml'
-    opt.write_text('name: x\nnum_gpu: 0\nmanual_seed: 10\ndatasets: {}\npath: {}\n')
-    monkeypatch.setattr(sys, 'argv', ['basicsr train', '-opt', str(opt)])
-    monkeypatch.setattr(options, 'get_dist_info', lambda: (1, 2))
-    parsed, _ = options.parse_options(str(tmp_path), is_train=True)
-    assert (parsed['rank'], parsed['world_size'], torch.initial_seed()) == (1, 2, 11)
-
-
 def test_resume_keeps_the_teacher_that_is_never_saved(tmp_path):
-    models = tmp_path / 'models'
-    models.mkdir()
-    (models / 'net_g_2.pth').write_bytes(b'')
-    opt = {'network_g': {}, 'network_t': {},
-           'path': {'resume_state': 'x/2.state', 'models': str(models), 'pretrain_network_g': 'pams.pth',
-                    'pretrain_network_t': 'teacher.pth'}}
-    _compat._check_resume_keeping_unsaved(opt, 2)
-    assert opt['path']['pretrain_network_g'] == str(models / 'net_g_2.pth')
+    for sub in ('models', 'training_states'):
+        (tmp_path / sub).mkdir()
+    (tmp_path / 'models' / 'net_g_2.pth').write_bytes(b'')
+    torch.save({'iter': 2, 'epoch': 0, 'optimizers': [], 'schedulers': []}, tmp_path / 'training_states' / '2.state')
+    opt = {'auto_resume': True, 'network_g': {}, 'network_t': {},
+           'path': {'models': str(tmp_path / 'models'), 'training_states': str(tmp_path / 'training_states'),
+                    'pretrain_network_g': 'pams.pth', 'pretrain_network_t': 'teacher.pth'}}
+    assert resume.load_resume_state(opt)['iter'] == 2
+    assert opt['path']['resume_state'] == str(tmp_path / 'training_states' / '2.state')
+    assert opt['path']['pretrain_network_g'] == str(tmp_path / 'models' / 'net_g_2.pth')
     assert opt['path']['pretrain_network_t'] == 'teacher.pth'
 
 
@@ -117,9 +126,9 @@ def _collectives_worker(rank, store, results):
     model = BaseModel({'num_gpu': 0, 'is_train': True, 'dist': True, 'rank': rank, 'world_size': 2})
     logged = model.reduce_loss_dict({'l_pix': torch.tensor(1.0 + rank), 'avg_bit': torch.tensor(4.0 + 4 * rank)})
     found['logged'] = logged
-    # rows of a sharded validation come back in dataset order on every rank
-    indices = distributed.shard_indices(3, rank, 2)
-    found['rows'] = distributed.gather_indexed([(i, f'img{i}') for i in indices])
+    # rows of a sharded validation come back in dataset order (on rank 0, which finishes the validation)
+    from mmengine.dist import collect_results
+    found['rows'] = collect_results([f'img{i}' for i in validation.shard_indices(3, rank, 2)], 3, device='gpu')
     # calibration writes local ranges; the hook's averaging makes them equal again
     quant = PAMSQuant(8)
     quant.calibrating = True
@@ -166,7 +175,7 @@ def _collectives_worker(rank, store, results):
             return torch.zeros(1)
 
     try:
-        distributed.dist_validation(Model(), torch.utils.data.DataLoader(Data()), 1, None, False)
+        validation.dist_validation(Model(), torch.utils.data.DataLoader(Data()), 1, None, False)
         found['error'] = None
     except RuntimeError as err:
         found['error'] = str(err)
@@ -180,7 +189,7 @@ def test_collectives_on_two_processes(tmp_path):
     torch.multiprocessing.spawn(_collectives_worker, args=(str(tmp_path / 'store'), str(tmp_path)), nprocs=2)
     found = [json.loads((tmp_path / f'{rank}.json').read_text()) for rank in range(2)]
     assert found[0]['logged'] == {'l_pix': 1.5, 'avg_bit': 6.0}
-    assert found[0]['rows'] == found[1]['rows'] == ['img0', 'img1', 'img2']
+    assert found[0]['rows'] == ['img0', 'img1', 'img2'] and found[1]['rows'] is None
     assert found[0]['alpha'] == found[1]['alpha'] == [3.0, 3.0]
     assert found[0]['synced_after'] == found[1]['synced_after'] == []
     assert found[0]['drift'] == found[1]['drift'] == ['0.alpha']
@@ -376,7 +385,7 @@ sys.exit(max(p.wait() for p in procs))
 
 def test_stage1_srmodel_under_slurm_launcher(workspace, tmp_path):
     """``scripts/slurm_train.sh`` with 2 CPU tasks: a stand-in ``srun`` starts them with Slurm's variables (and a
-    stand-in ``scontrol`` names the master); stage 1 (BasicSR's SRModel) trains under DDP and validates sharded."""
+    stand-in ``scontrol`` names the master); stage 1 (CADyQSRModel) trains under DDP and validates sharded."""
     fake_bin = tmp_path / 'bin'
     fake_bin.mkdir()
     (fake_bin / 'srun').write_text(FAKE_SRUN.format(python=sys.executable))
