@@ -292,17 +292,33 @@ def _check_networks(opt, phase, problems):
     if opt.get('network_t') is not None:
         teacher = _resolve_network(opt['network_t'], 'network_t', problems)
     if student is not None and teacher is not None:
-        if student['type'] != teacher['type']:
-            problems.add('network_t.type', teacher['type'], f'expected {student["type"]!r} like network_g: the teacher '
-                         'must be the same backbone as the student')
-        for name in sorted(set(student) | set(teacher)):
-            if name in QUANT_KEYS or name in ('type', 'backend') or student['type'] != teacher['type']:
-                continue
-            if student.get(name) != teacher.get(name):
-                what = 'scale' if name == 'upscale' else 'size'
-                problems.add(f'network_t.{name}', teacher.get(name), f'expected {student.get(name)!r} like '
-                             f'network_g.{name}: the teacher must have the student\'s {what}')
+        _compare_teacher(student, teacher, problems)
     return student, teacher
+
+
+def _compare_teacher(student, teacher, problems):
+    if student['type'] != teacher['type']:
+        problems.add('network_t.type', teacher['type'], f'expected {student["type"]!r} like network_g: the teacher '
+                     'must be the same backbone as the student')
+        return
+    for name in sorted(set(student) | set(teacher)):
+        if name in QUANT_KEYS or name in ('type', 'backend'):
+            continue
+        if student.get(name) != teacher.get(name):
+            what = 'scale' if name == 'upscale' else 'size'
+            problems.add(f'network_t.{name}', teacher.get(name), f'expected {student.get(name)!r} like '
+                         f'network_g.{name}: the teacher must have the student\'s {what}')
+
+
+def teacher_mismatches(student_opt, teacher_opt):
+    """What makes ``network_t`` unfit to teach ``network_g`` (another backbone, scale or size), as problem lines;
+    the models ask this too, for options that never went through :func:`check_options`."""
+    problems = _Problems()
+    student = _resolve_network(student_opt, 'network_g', problems)
+    teacher = _resolve_network(teacher_opt, 'network_t', problems)
+    if student is not None and teacher is not None:
+        _compare_teacher(student, teacher, problems)
+    return list(problems)
 
 
 # --------------------------------------------------------------------------------------------- sections

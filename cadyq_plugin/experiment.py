@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 
 from mmengine.dist import all_reduce, broadcast_object_list, get_dist_info
@@ -177,8 +178,9 @@ class GracefulStop:
         self._previous = {}
 
     def __enter__(self):
-        for signum in self.SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._handle)
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc):

@@ -266,3 +266,61 @@ def test_every_options_file_reads_its_data_through_the_checked_dataset(path):
     """CADyQPairedImageDataset names the dataset and key of a bad sample and makes augmentation resumable."""
     types = {name: dataset.get('type') for name, dataset in read_yml(path)['datasets'].items()}
     assert set(types.values()) == {'CADyQPairedImageDataset'}, types
+
+
+# ------------------------------------------------------------------------------------------------ typos
+@pytest.mark.parametrize('entry, fragment', [
+    ('train:total_iters=4', "train has no key 'total_iters' and none that reads it (did you mean 'total_iter'?)"),
+    ('train.total_iter=4', "the top level has no key 'train.total_iter' and none that reads it (sections are "
+                           'separated by ":", e.g. train:total_iter)'),
+    ('datasets:train:use_hfilp=false', "datasets:train has no key 'use_hfilp' and none that reads it (did you mean "
+                                       "'use_hflip'?)"),
+    ('network_g:num_blocks=4', "network_g has no key 'num_blocks' and none that reads it (did you mean 'num_block'?)"),
+    ('nosection:key=1', 'nosection is not a section of the options'),
+])
+def test_force_yml_refuses_paths_that_would_change_nothing(entry, fragment):
+    with pytest.raises(ConfigError) as info:
+        apply_force_yml(opt_of(STAGE3), [entry], STAGE3)
+    assert any(fragment in p for p in info.value.problems), info.value.problems
+
+
+def test_force_yml_accepts_keys_that_are_read_when_present():
+    opt = apply_force_yml(opt_of(STAGE3), ['train:ema_decay=0.999', 'val:patchwise=~', 'network_g:grad_scale=10',
+                                           'datasets:train:pin_memory=true', 'dist_params:backend=gloo'], STAGE3)
+    assert opt['train']['ema_decay'] == 0.999 and opt['network_g']['grad_scale'] == 10
+    assert opt['datasets']['train']['pin_memory'] is True and opt['dist_params']['backend'] == 'gloo'
+    opt = apply_force_yml(opt_of(TEST), ['datasets:test_2=~'], TEST)
+    assert 'test_2' not in opt['datasets'] and 'test_3' in opt['datasets']
+
+
+def test_unknown_keys_of_the_plugin_sections_are_named_with_a_suggestion():
+    opt = opt_of(STAGE3)
+    opt['datasets']['train']['use_hfilp'] = opt['datasets']['train'].pop('use_hflip')
+    opt['datasets']['train']['gt_sise'] = opt['datasets']['train'].pop('gt_size')
+    opt['train']['bit_opt']['loss_wieght'] = 1e-4
+    opt['train']['kd_opt']['feature_weigth'] = 0.1
+    opt['val']['patchwise'] = {'patch': 96, 'stpe': 90}
+    found = problems(opt)
+    for fragment in ["datasets.train.use_hfilp = True: not a known key of this section (did you mean 'use_hflip'?)",
+                     "datasets.train.gt_sise = 192: not a known key of this section (did you mean 'gt_size'?)",
+                     "train.bit_opt.loss_wieght = 0.0001: not a known key of this section (did you mean "
+                     "'loss_weight'?)", "train.kd_opt.feature_weigth = 0.1: not a known key",
+                     "val.patchwise.stpe = 90: not a known key of this section (did you mean 'step'?)"]:
+        assert any(fragment in p for p in found), (fragment, found)
+    assert not any('use_hflip is missing' in p or 'gt_size is missing' in p for p in found), \
+        'a misspelt required key is named by the misspelling, not as missing'
+
+
+def test_stock_sections_stay_as_permissive_as_basicsr():
+    opt = opt_of(STAGE1)
+    opt['model_type'] = 'SRModel'
+    opt['datasets']['train']['type'] = opt['datasets']['val']['type'] = 'SingleImageDataset'
+    opt['datasets']['train']['whatever'] = 1  # a dataset of BasicSR's reads what it reads
+    opt['train']['pixel_opt']['custom'] = 1  # L1Loss would fail at build time, but that is BasicSR's message
+    check_options(opt, STAGE1, check_files=False)
+
+
+def test_a_misspelt_arch_argument_gets_a_suggestion():
+    opt = opt_of(STAGE3)
+    opt['network_g']['num_blok'] = 8
+    one_problem(opt, 'network_g.num_blok = 8', "not an argument of EDSR_CADyQ (did you mean 'num_block'?)")

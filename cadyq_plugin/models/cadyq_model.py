@@ -21,6 +21,10 @@ class CADyQModel(CADyQSRModel):
         self.net_t = self._build_teacher(opt) if opt.get('network_t') is not None else None
 
     def _build_teacher(self, opt):
+        from cadyq_plugin.config_check import teacher_mismatches
+        problems = teacher_mismatches(opt['network_g'], opt['network_t'])
+        if problems:
+            raise ValueError('the teacher does not fit the student: ' + '; '.join(problems))
         load_path = opt['path'].get('pretrain_network_t')
         if load_path is None:
             raise ValueError('network_t is set but path.pretrain_network_t is missing: the teacher needs weights')
