@@ -2,8 +2,11 @@
 import io
 import logging
 import os
+import re
+import struct
 import tempfile
 import time
+import zipfile
 
 import torch
 
@@ -68,19 +71,80 @@ def save_with_retry(obj, path, what, tries=3, wait=1.0):
                           'or fix the folder and run again with --auto_resume')
 
 
-def load_checkpoint(path, trusted=False):
+# What a training or test run says about a checkpoint that pickles objects; ``basicsr convert``, which can
+# unpickle, passes its own hint.
+PICKLE_HINT = ('An original-implementation checkpoint must go through `basicsr convert` first; otherwise save the '
+               "weights alone (torch.save({'params': net.state_dict()}, path)).")
+_ZIP_MAGIC = b'PK\x03\x04'
+_LEGACY_MAGIC = torch.serialization.MAGIC_NUMBER.to_bytes(10, 'little')  # torch.save before the zip format
+_FILE_KINDS = ((b'\x89PNG', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'), (b'BM', 'a BMP image'),
+               (b'GIF8', 'a GIF image'), (b'\x1f\x8b', 'a gzip file'))
+
+
+def load_checkpoint(path, trusted=False, pickle_hint=PICKLE_HINT):
     """Load ``path`` on the CPU with ``weights_only=True``; full unpickling only when ``trusted``.
 
-    Unpickling runs arbitrary code, so it is never the default: the caller must say the file is trusted.
+    Unpickling runs arbitrary code, so it is never the default: the caller must say the file is trusted. Every
+    fault gets its own :class:`CheckpointError` naming the file: missing, empty, truncated, not a checkpoint,
+    pickled objects (with ``pickle_hint``, the advice that fits the caller), or otherwise damaged.
     """
-    if not os.path.isfile(path):
-        raise CheckpointError(f'checkpoint {path!r} does not exist')
+    _check_checkpoint_file(path)
     try:
         return torch.load(path, map_location='cpu', weights_only=not trusted)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError ... depending on the fault
-        hint = ('' if trusted else ' If it is an original-implementation checkpoint that pickles other objects '
-                'and you trust its source, pass --trusted.')
-        raise CheckpointError(f'cannot load checkpoint {path!r}: {type(err).__name__}: {err}.{hint}') from err
+        refused = re.search(r'Unsupported global: GLOBAL ([\w.]+)', str(err))
+        if refused and not trusted:
+            raise CheckpointError(f'checkpoint {path!r} pickles Python objects ({refused.group(1)}), which loading '
+                                  'with weights_only=True refuses: unpickling runs code from the file. '
+                                  f'{pickle_hint}') from err
+        unpickler = re.search(r'WeightsUnpickler error:\s*(.+)', str(err))  # torch's own words, not its advice
+        reason = unpickler.group(1).strip() if unpickler else (str(err).strip().splitlines() or [''])[0]
+        if isinstance(err, (EOFError, struct.error)) or re.search(r'EOF|truncated', reason):
+            raise CheckpointError(_truncated(path, f'{type(err).__name__}: {reason}')) from err
+        raise CheckpointError(f'checkpoint {path!r} is damaged ({type(err).__name__}: {reason}); copy it again or '
+                              'use another checkpoint') from err
+
+
+def _truncated(path, detail):
+    return (f'checkpoint {path!r} is truncated ({os.path.getsize(path)} bytes, {detail}): an interrupted save, '
+            'copy or download; copy it again or use another checkpoint')
+
+
+def _check_checkpoint_file(path):
+    """Refuse, by what its bytes show, a file that cannot be a complete checkpoint (before torch tries it)."""
+    if not os.path.exists(path):
+        raise CheckpointError(f'checkpoint {path!r} does not exist')
+    if not os.path.isfile(path):
+        raise CheckpointError(f'checkpoint {path!r} is not a file')
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f'checkpoint {path!r} is empty (0 bytes): an interrupted save, copy or download; '
+                              'copy it again or use another checkpoint')
+    with open(path, 'rb') as f:
+        head = f.read(64)
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(_truncated(path, 'the end of its zip archive is missing'))
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith('/data.pkl') or name == 'data.pkl' for name in archive.namelist()):
+                raise CheckpointError(f'{path!r} is not a PyTorch checkpoint: a zip archive without the data.pkl '
+                                      'that torch.save writes')
+        return
+    if head.startswith(b'\x80') and _LEGACY_MAGIC in head[:32]:
+        return  # the pre-1.6 format: faults inside it surface from torch.load (reported as damaged)
+    raise CheckpointError(f'{path!r} is not a PyTorch checkpoint: it is {_describe(head)}')
+
+
+def _describe(head):
+    """What the first bytes of a file that is not a checkpoint look like, for the error message."""
+    kind = next((name for magic, name in _FILE_KINDS if head.startswith(magic)), None)
+    if kind is not None:
+        return kind
+    if head.startswith(b'\x80'):
+        return 'a Python pickle not written by torch.save'
+    text = head.decode('utf-8', 'ignore')
+    if text.strip() and all(c.isprintable() or c in '\t\r\n' for c in text):
+        return f'a text file (starts with {text.strip().splitlines()[0][:40]!r})'
+    return f'unrecognised content (starts with {head[:8]!r})'
 
 
 def extract_state_dict(obj, path, keys=('params', 'params_ema', 'state_dict', 'model')):

@@ -237,12 +237,23 @@ def _check_unknown_keys(opt, path, problems, known=None):
 
 
 # --------------------------------------------------------------------------------------------- networks
+def bits_problem(bits, key):
+    """The check's line for bad candidate ``bits`` at ``key``, or None: one wording for every command."""
+    from cadyq_plugin.quant.bit_selector import check_candidate_bits
+    try:
+        check_candidate_bits(bits)
+    except ValueError:
+        problems = _Problems()
+        problems.add(key, bits, BITS_EXPECTED)
+        return problems[0]
+    return None
+
+
 def _resolve_network(net_opt, key, problems):
     """Check one ``network_*`` section; return its arguments with the arch's defaults filled in (CADyQ archs
     only; ``None`` for other archs or when the type is unknown)."""
     registry = _registries()
     from cadyq_plugin.archs.cadyq_net import CADyQNet
-    from cadyq_plugin.quant.bit_selector import check_candidate_bits
     from cadyq_plugin.quant.modes import QUANT_MODES
     if not isinstance(net_opt, dict):
         problems.add(key, net_opt, 'expected a section with at least a type')
@@ -267,10 +278,9 @@ def _resolve_network(net_opt, key, problems):
     resolved.update((name, value) for name, value in net_opt.items() if open_ended or name in params or name == 'type')
     if resolved.get('quant_mode') not in QUANT_MODES:
         problems.add(f'{key}.quant_mode', resolved.get('quant_mode'), f'expected one of {list(QUANT_MODES)}')
-    try:
-        check_candidate_bits(resolved.get('bits'))
-    except ValueError:
-        problems.add(f'{key}.bits', resolved.get('bits'), BITS_EXPECTED)
+    bits_line = bits_problem(resolved.get('bits'), f'{key}.bits')
+    if bits_line:
+        problems.append(bits_line)
     for name in ('w_bits', 'a_bits'):
         value = resolved.get(name)
         if not (_is_int(value) and 2 <= value <= 32):

@@ -28,7 +28,7 @@ from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.utils import check_resume
 from mmengine.dist import all_gather_object, get_dist_info
 
-from cadyq_plugin.checkpoint import CheckpointError
+from cadyq_plugin.checkpoint import CheckpointError, load_checkpoint
 
 STATE_KEY = 'cadyq'  # the plugin's entry in a training state: {'rng', 'rng_per_rank', 'bad_steps', ...}
 
@@ -227,12 +227,10 @@ def load_resume_state(opt):
         return None
     remove_stale_temporaries(opt)
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError ... for a bad file
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        reason = next((line for line in lines if 'Unsupported global' in line), lines[0] if lines else '')
-        raise CheckpointError(f'cannot load training state {path!r}: {type(err).__name__}: {reason}. Move it out of '
-                              'training_states to resume from the previous one') from err
+        state = load_checkpoint(path, pickle_hint='A training state holds tensors and plain values only.')
+    except CheckpointError as err:
+        raise CheckpointError(f'cannot load training state {path!r}: {err} Move it out of training_states to resume '
+                              'from the previous one') from err
     if not isinstance(state, dict) or not isinstance(state.get('iter'), int):
         raise CheckpointError(f'training state {path!r} holds no iteration number: not a training state of a '
                               'BasicSR run')

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The quickstart: installs everything (scripts/install.sh), then trains FP -> PAMS -> CADyQ on a small set built
-# from scikit-image photos, tests each stage and prints PSNR / SSIM / FAB / BitOPs. Options: --arch, --workdir,
-# --iters (see python scripts/quickstart.py --help).
+# The quickstart: installs everything (scripts/install.sh; what is installed already is kept), then trains
+# FP -> PAMS -> CADyQ on a small set built from scikit-image photos, tests each stage and prints PSNR / SSIM / FAB /
+# BitOPs and the wall time of each phase. Options: --arch, --workdir, --iters, --batch, --gt-size (see
+# python scripts/quickstart.py --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SECONDS=0
 bash scripts/install.sh
+install_seconds=$SECONDS
+echo "[quickstart] install: ${install_seconds} s"
 PYTHON=${PYTHON:-python}
-$PYTHON scripts/quickstart.py "$@"
+$PYTHON scripts/quickstart.py --install-seconds "$install_seconds" "$@"

@@ -183,10 +183,11 @@ def test_existing_output_refused_and_left_intact(tmp_path, photos):
         make_lmdb(sub, tmp_path / 'a.lmdb', overwrite=True)
     assert _snapshot(tmp_path / 'a.lmdb') == before and not list(tmp_path.glob('a.lmdb.bak-*'))
     (tmp_path / 'a.lmdb.partial').rmdir()
-    # overwrite: the old output is moved aside, byte for byte, never deleted.
+    # overwrite: the old output is moved aside, byte for byte, with its manifest, never deleted.
     make_lmdb(sub, tmp_path / 'a.lmdb', overwrite=True)
-    backups = list(tmp_path.glob('a.lmdb.bak-*'))
+    backups = [p for p in tmp_path.glob('a.lmdb.bak-*') if p.is_dir()]
     assert len(backups) == 1 and _snapshot(backups[0]) == before
+    assert (tmp_path / f'{backups[0].name}.manifest.json').is_file()
     assert sorted(_lmdb_items(tmp_path / 'a.lmdb')) == ['a']
 
 

@@ -1,4 +1,5 @@
 """``basicsr convert``: original-implementation checkpoints -> the plugin's BasicSR checkpoints."""
+import functools
 import os
 import re
 
@@ -6,6 +7,43 @@ import torch
 
 from cadyq_plugin.checkpoint import CheckpointError, atomic_save, extract_state_dict, load_checkpoint
 from cadyq_plugin.convert.rules import DROP, LAYOUTS, MEAN_SHIFT, ZeroBias
+from cadyq_plugin.quant.modes import QUANT_MODES
+
+# ``basicsr convert`` runs code from SRC only when told to; its advice for a refused pickle says how.
+TRUSTED_HINT = 'If you trust its source (an original-implementation checkpoint, say), pass --trusted.'
+BASICSR_EDSR_NAMES = ('EDSR_CADyQ', 'fp')  # the plugin's EDSR fp names are BasicSR's EDSR names
+
+
+def _key_pattern(state_dict):
+    """The key names with every index blanked: one pattern for any number of blocks, candidates or scale."""
+    return frozenset(re.sub(r'\.\d+(?=\.)', '.#', key) for key in state_dict)
+
+
+@functools.lru_cache(maxsize=None)
+def _plugin_patterns():
+    from basicsr.utils.registry import ARCH_REGISTRY
+    return {(arch, mode): _key_pattern(ARCH_REGISTRY.get(arch)(quant_mode=mode).state_dict())
+            for arch in LAYOUTS for mode in QUANT_MODES}
+
+
+def identify_plugin_checkpoint(state_dict):
+    """``(arch, quant_mode)`` when ``state_dict`` already has the plugin's names of one of its archs, else None."""
+    pattern = _key_pattern(state_dict)
+    return next((found for found, known in _plugin_patterns().items() if known == pattern), None)
+
+
+def _refuse_plugin_checkpoint(state_dict, arch_name, quant_mode, path):
+    """A plugin checkpoint needs no conversion: say what it is instead of reporting a layout mismatch."""
+    found = identify_plugin_checkpoint(state_dict)
+    use = 'use it as path.pretrain_network_g'
+    if found == BASICSR_EDSR_NAMES and (arch_name, quant_mode) != found:
+        raise CheckpointError(f"{path!r} has the names of BasicSR's EDSR, which are also those of an EDSR_CADyQ fp "
+                              f'checkpoint: as a plugin checkpoint it needs no conversion ({use}); as a BasicSR EDSR '
+                              'checkpoint it is a full-precision model: convert it with --arch EDSR_CADyQ --quant-mode '
+                              'fp')
+    if found is not None and found != BASICSR_EDSR_NAMES:
+        raise CheckpointError(f'{path!r} is already a plugin checkpoint ({found[0]}, {found[1]} mode): nothing to '
+                              f'convert; {use}')
 
 
 def detect_layout(arch_name, state_dict, path):
@@ -88,6 +126,7 @@ def _check_shared(mapped, net):
 def convert_state_dict(state_dict, net, arch_name, quant_mode, scale, path='<state dict>'):
     """Convert an original (or BasicSR) state dict for ``net``; raise :class:`CheckpointError` listing every
     difference when it does not fit exactly."""
+    _refuse_plugin_checkpoint(state_dict, arch_name, quant_mode, path)
     layout = detect_layout(arch_name, state_dict, path)
     builder = LAYOUTS[arch_name][layout][0]
     rules = builder(quant_mode, _num_blocks(net), scale)
@@ -117,7 +156,7 @@ def convert_checkpoint(src, dst, arch_name, quant_mode, scale=4, arch_kwargs=Non
         raise CheckpointError(f'no converter for arch {arch_name!r}; known: {sorted(LAYOUTS)}')
     if os.path.exists(dst) and not overwrite:
         raise CheckpointError(f'{dst!r} exists; choose another destination or pass --overwrite')
-    state_dict = extract_state_dict(load_checkpoint(src, trusted=trusted), src)
+    state_dict = extract_state_dict(load_checkpoint(src, trusted=trusted, pickle_hint=TRUSTED_HINT), src)
     net = ARCH_REGISTRY.get(arch_name)(upscale=scale, quant_mode=quant_mode, **(arch_kwargs or {}))
     converted, layout = convert_state_dict(state_dict, net, arch_name, quant_mode, scale, src)
     net.load_state_dict(converted, strict=True)

@@ -17,7 +17,6 @@ from typing import Dict, Mapping, Optional, Sequence
 
 from cadyq_plugin.data.folder_steps import copy_given_lr, make_hr, make_lr
 from cadyq_plugin.data.image_io import PathLike, image_size, list_images
-from cadyq_plugin.data.outputs import reuse_or_build
 
 BENCHMARK_SETS = ('Set5', 'Set14', 'B100', 'Urban100')
 
@@ -46,21 +45,20 @@ def prepare_eval_set(hr_folder: PathLike, set_dir: PathLike, scale: int = 4, lr_
         lr_folder: Downloaded LR x``scale`` images to use instead of making them.
         downsample: Bicubic factor applied to the sources before mod-cropping (DIV8K -> Test2K/4K).
         paths: Only these source images (default: all images of ``hr_folder``).
-        overwrite, partial: See :mod:`cadyq_plugin.data.outputs`; complete outputs are reused unless
-            ``overwrite``.
+        overwrite, partial: See :mod:`cadyq_plugin.data.outputs`; complete, up-to-date outputs are reused unless
+            ``overwrite``, an output whose sources or options changed is refused unless ``partial='redo'``.
 
     Returns:
         ``{'hr': path, 'lr': path}``.
     """
     out = eval_set_paths(set_dir, scale)
-    safety = dict(overwrite=overwrite, partial=partial)
-    reuse_or_build(out['hr'], lambda: make_hr(hr_folder, out['hr'], scale, downsample, paths, **safety), overwrite)
+    safety = dict(overwrite=overwrite, partial=partial, reuse=True)
+    make_hr(hr_folder, out['hr'], scale, downsample, paths, **safety)
     _check_divisible(out['hr'], scale)
     if lr_folder is None:
-        build_lr = lambda: make_lr(out['hr'], out['lr'], scale, **safety)  # noqa: E731
+        make_lr(out['hr'], out['lr'], scale, **safety)
     else:
-        build_lr = lambda: copy_given_lr(lr_folder, out['hr'], out['lr'], scale, **safety)  # noqa: E731
-    reuse_or_build(out['lr'], build_lr, overwrite)
+        copy_given_lr(lr_folder, out['hr'], out['lr'], scale, **safety)
     return out
 
 

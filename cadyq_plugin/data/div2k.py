@@ -22,7 +22,6 @@ from typing import Dict, Mapping, Optional, Sequence
 from cadyq_plugin.data.folder_steps import check_lr_size, make_lr, pair_given_lr
 from cadyq_plugin.data.image_io import PathLike, list_images
 from cadyq_plugin.data.lmdb_writer import make_lmdb
-from cadyq_plugin.data.outputs import reuse_or_build
 from cadyq_plugin.data.subimages import extract_subimages
 
 
@@ -48,7 +47,8 @@ def prepare_div2k(hr_folder: PathLike, root: PathLike = 'datasets', scales: Sequ
         scales: Scales to prepare; ``crop_size``, ``step`` and ``thresh_size`` must be divisible by each.
         lr_folders: ``{scale: DIV2K_train_LR_bicubic/X<scale>}`` for downloaded LR; other scales are made.
         crop_size, step, thresh_size: HR sub-image cropping (BasicSR: 480, 240, 0).
-        overwrite, partial: See :mod:`cadyq_plugin.data.outputs`; complete steps are reused unless ``overwrite``.
+        overwrite, partial: See :mod:`cadyq_plugin.data.outputs`; complete, up-to-date steps are reused unless
+            ``overwrite``, a step whose sources or options changed is refused unless ``partial='redo'``.
 
     Returns:
         The paths of :func:`div2k_paths`.
@@ -65,7 +65,7 @@ def prepare_div2k(hr_folder: PathLike, root: PathLike = 'datasets', scales: Sequ
                              f'by every scale, not by {s}')
     lcm = reduce(lambda a, b: a * b // math.gcd(a, b), scales)
     out = div2k_paths(root, scales)
-    safety = dict(overwrite=overwrite, partial=partial)
+    safety = dict(overwrite=overwrite, partial=partial, reuse=True)
     hr_paths = list_images(hr_folder)
 
     given_lr = {}
@@ -76,19 +76,11 @@ def prepare_div2k(hr_folder: PathLike, root: PathLike = 'datasets', scales: Sequ
                 check_lr_size(hr, lr, s)
             given_lr[s] = [lr for _, lr in pairs]
         else:
-            reuse_or_build(out['lr'][s], lambda s=s: make_lr(hr_folder, out['lr'][s], s, f'{{}}x{s}', **safety),
-                           overwrite)
-    reuse_or_build(
-        out['hr_sub'],
-        lambda: extract_subimages(hr_folder, out['hr_sub'], crop_size, step, thresh_size, mod=lcm, **safety),
-        overwrite)
-    reuse_or_build(out['hr_sub_lmdb'], lambda: make_lmdb(out['hr_sub'], out['hr_sub_lmdb'], **safety), overwrite)
+            make_lr(hr_folder, out['lr'][s], s, f'{{}}x{s}', **safety)
+    extract_subimages(hr_folder, out['hr_sub'], crop_size, step, thresh_size, mod=lcm, **safety)
+    make_lmdb(out['hr_sub'], out['hr_sub_lmdb'], **safety)
     for s in scales:
-        reuse_or_build(
-            out['lr_sub'][s],
-            lambda s=s: extract_subimages(lr_folders.get(s, out['lr'][s]), out['lr_sub'][s], crop_size // s, step // s,
-                                          thresh_size // s, mod=lcm // s, strip_suffix=f'x{s}', paths=given_lr.get(s),
-                                          **safety), overwrite)
-        reuse_or_build(out['lr_sub_lmdb'][s], lambda s=s: make_lmdb(out['lr_sub'][s], out['lr_sub_lmdb'][s], **safety),
-                       overwrite)
+        extract_subimages(lr_folders.get(s, out['lr'][s]), out['lr_sub'][s], crop_size // s, step // s,
+                          thresh_size // s, mod=lcm // s, strip_suffix=f'x{s}', paths=given_lr.get(s), **safety)
+        make_lmdb(out['lr_sub'][s], out['lr_sub_lmdb'][s], **safety)
     return out

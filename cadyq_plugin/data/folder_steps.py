@@ -1,30 +1,40 @@
 """Folder-to-folder preparation steps applied image by image: HR of a test set, bicubic LR.
 
 Each step reads with :func:`read_image` (so odd inputs are normalised the same way everywhere), writes PNGs
-and is guarded by :func:`staged_output` (refuses existing outputs, resumes or redoes interrupted ones).
+and is guarded by :func:`build_output` (refuses or reuses existing outputs by their manifest, resumes or redoes
+interrupted ones).
 """
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
 from cadyq_plugin.data.image_io import PathLike, image_size, list_images, read_image, write_png
-from cadyq_plugin.data.outputs import staged_output
+from cadyq_plugin.data.manifest import make_manifest
+from cadyq_plugin.data.outputs import build_output
 from cadyq_plugin.data.transforms import bicubic_downsample, mod_crop
 
 
 def process_images(paths: Sequence[Path], output_folder: PathLike, transform: Callable[[np.ndarray], np.ndarray],
-                   name_tmpl: str = '{}', desc: str = 'images', overwrite: bool = False,
-                   partial: Optional[str] = None, compress_level: int = 3) -> Path:
-    """Write ``transform(read_image(p))`` for every path as ``<output_folder>/<name_tmpl.format(stem)>.png``."""
-    output_folder = Path(output_folder)
-    with staged_output(output_folder, overwrite, partial) as staging:
+                   options: Dict, name_tmpl: str = '{}', desc: str = 'images', compress_level: int = 3,
+                   **safety) -> Path:
+    """Write ``transform(read_image(p))`` for every path as ``<output_folder>/<name_tmpl.format(stem)>.png``.
+
+    Args:
+        options: What shapes ``transform`` (JSON values), recorded in the manifest with the source files.
+        **safety: ``overwrite`` / ``partial`` / ``reuse``, see :mod:`cadyq_plugin.data.outputs`.
+    """
+    paths = list(paths)
+
+    def write(staging):
         for path in tqdm(paths, desc=desc, unit='img'):
             target = staging / (name_tmpl.format(path.stem) + '.png')
             if not target.exists():  # present only when resuming, and then complete (atomic writes)
                 write_png(target, transform(read_image(path)), compress_level)
-    return output_folder
+
+    manifest = make_manifest({'input': paths}, name_tmpl=name_tmpl, compress_level=compress_level, **options)
+    return build_output(output_folder, manifest, write, **safety)
 
 
 def make_hr(input_folder: PathLike, output_folder: PathLike, scale: int, downsample: int = 1,
@@ -34,7 +44,7 @@ def make_hr(input_folder: PathLike, output_folder: PathLike, scale: int, downsam
 
     Args:
         paths: Only these images of ``input_folder`` (default: all of them).
-        **safety: ``overwrite`` / ``partial``, see :mod:`cadyq_plugin.data.outputs`.
+        **safety: ``overwrite`` / ``partial`` / ``reuse``, see :mod:`cadyq_plugin.data.outputs`.
     """
 
     def transform(img):
@@ -43,7 +53,8 @@ def make_hr(input_folder: PathLike, output_folder: PathLike, scale: int, downsam
         return mod_crop(img, scale)
 
     paths = list_images(input_folder) if paths is None else list(paths)
-    return process_images(paths, output_folder, transform, desc=f'HR {Path(output_folder).parent.name}', **safety)
+    return process_images(paths, output_folder, transform, {'kind': 'hr', 'scale': scale, 'downsample': downsample},
+                          desc=f'HR {Path(output_folder).parent.name}', **safety)
 
 
 def make_lr(hr_folder: PathLike, lr_folder: PathLike, scale: int, name_tmpl: str = '{}', **safety) -> Path:
@@ -52,13 +63,14 @@ def make_lr(hr_folder: PathLike, lr_folder: PathLike, scale: int, name_tmpl: str
     Args:
         name_tmpl: LR base name from the HR base name: ``'{}'`` for benchmark sets (BasicSR ``filename_tmpl:
             '{}'``), ``'{}x4'`` for DIV2K's own naming (``0001x4.png``, ``filename_tmpl: '{}x4'``).
-        **safety: ``overwrite`` / ``partial``, see :mod:`cadyq_plugin.data.outputs`.
+        **safety: ``overwrite`` / ``partial`` / ``reuse``, see :mod:`cadyq_plugin.data.outputs`.
     """
 
     def transform(img):
         return bicubic_downsample(mod_crop(img, scale), scale)
 
-    return process_images(list_images(hr_folder), lr_folder, transform, name_tmpl, f'LR x{scale}', **safety)
+    return process_images(list_images(hr_folder), lr_folder, transform, {'kind': 'lr', 'scale': scale}, name_tmpl,
+                          f'LR x{scale}', **safety)
 
 
 def pair_given_lr(hr_paths: Sequence[Path], given_folder: PathLike, scale: int) -> List[Tuple[Path, Path]]:
@@ -91,15 +103,18 @@ def copy_given_lr(given_folder: PathLike, hr_folder: PathLike, lr_folder: PathLi
 
     Args:
         hr_folder: The (mod-cropped) HR images the LR must pair with.
-        **safety: ``overwrite`` / ``partial``, see :mod:`cadyq_plugin.data.outputs`.
+        **safety: ``overwrite`` / ``partial`` / ``reuse``, see :mod:`cadyq_plugin.data.outputs`.
     """
     pairs = pair_given_lr(list_images(hr_folder), given_folder, scale)
     for hr, lr in pairs:
         check_lr_size(hr, lr, scale)
-    lr_folder = Path(lr_folder)
-    with staged_output(lr_folder, **safety) as staging:
+
+    def write(staging):
         for hr, lr in tqdm(pairs, desc=f'LR x{scale} (given)', unit='img'):
             target = staging / (name_tmpl.format(hr.stem) + '.png')
             if not target.exists():
                 write_png(target, read_image(lr))
-    return lr_folder
+
+    manifest = make_manifest({'lr': [lr for _, lr in pairs], 'hr': [hr for hr, _ in pairs]}, kind='given lr',
+                             scale=scale, name_tmpl=name_tmpl)
+    return build_output(lr_folder, manifest, write, **safety)

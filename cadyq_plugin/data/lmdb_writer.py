@@ -6,16 +6,14 @@ function lacks: it never exits the process, never writes over an existing LMDB (
 :mod:`cadyq_plugin.data.outputs`), and sizes the memory map from the images' real dimensions instead of from
 the first image only, which under-estimates small or mixed sets.
 """
-import logging
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 import cadyq_plugin  # noqa: F401  (compat shim before basicsr)
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from cadyq_plugin.data.image_io import PathLike, image_size, list_images
-from cadyq_plugin.data.outputs import check_partial_choice, partial_path, staged_output
-
-logger = logging.getLogger(__name__)
+from cadyq_plugin.data.manifest import make_manifest
+from cadyq_plugin.data.outputs import build_output
 
 _META = 'meta_info.txt'
 
@@ -40,21 +38,18 @@ def lmdb_map_size(paths: Iterable[Path], extra: int = 64 << 20) -> int:
     return sum(_encoded_bound(p) for p in paths) + extra
 
 
-def make_lmdb(folder: PathLike, lmdb_path: PathLike, compress_level: int = 1, batch: int = 5000,
-              overwrite: bool = False, partial: Optional[str] = None) -> Path:
+def make_lmdb(folder: PathLike, lmdb_path: PathLike, compress_level: int = 1, batch: int = 5000, **safety) -> Path:
     """Write every image of ``folder`` into ``lmdb_path`` (must end in ``.lmdb``), keyed by base name.
 
     Args:
         compress_level: PNG compression of the stored values (BasicSR's default 1: fast to decode).
         batch: Images per LMDB transaction.
-        overwrite: Move an existing ``lmdb_path`` aside and rebuild it (otherwise :class:`FileExistsError`).
-        partial: For a half-written ``<lmdb_path>.partial``: ``'resume'`` and ``'redo'`` both rebuild it (BasicSR's
-            writer cannot append); ``None`` raises :class:`PartialOutputError`.
+        **safety: ``overwrite`` / ``partial`` / ``reuse``, see :mod:`cadyq_plugin.data.outputs`; a half-written
+            LMDB is rebuilt for ``'resume'`` too (BasicSR's writer cannot append).
 
     Returns:
         The LMDB path.
     """
-    check_partial_choice(partial)
     lmdb_path = Path(lmdb_path)
     if lmdb_path.suffix != '.lmdb':
         raise ValueError(f"{lmdb_path}: an LMDB path must end in '.lmdb' (BasicSR's convention)")
@@ -63,19 +58,18 @@ def make_lmdb(folder: PathLike, lmdb_path: PathLike, compress_level: int = 1, ba
     for path, key in zip(paths, keys):
         if not key.isascii():
             raise ValueError(f'{path}: LMDB keys are ASCII base names; rename the file')
-    if partial == 'resume':
-        if partial_path(lmdb_path).exists():
-            logger.info('%s: an LMDB cannot be resumed, it is rebuilt from %s', lmdb_path, folder)
-        partial = 'redo'
-    map_size = lmdb_map_size(paths)
-    with staged_output(lmdb_path, overwrite, partial) as staging:
+
+    def write(staging):
         inner = staging / lmdb_path.name
         make_lmdb_from_imgs(str(folder), str(inner), [p.name for p in paths], keys, batch=batch,
-                            compress_level=compress_level, multiprocessing_read=False, map_size=map_size)
+                            compress_level=compress_level, multiprocessing_read=False,
+                            map_size=lmdb_map_size(paths))
         lines = (inner / _META).read_text().splitlines()
         if len(lines) != len(paths):
             raise RuntimeError(f'{inner / _META}: {len(lines)} entries written for {len(paths)} images')
         for item in inner.iterdir():
             item.rename(staging / item.name)
         inner.rmdir()
-    return lmdb_path
+
+    manifest = make_manifest({'input': paths}, kind='lmdb', compress_level=compress_level)
+    return build_output(lmdb_path, manifest, write, resumable=False, **safety)

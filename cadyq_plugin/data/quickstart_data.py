@@ -9,7 +9,7 @@ benchmark sets for validation, only small::
     <root>/val/HR/<photo>.png, <root>/val/LR_bicubic/X<s>/<photo>.png       2 centre crops of other photos
 
 Training photos: astronaut, coffee, chelsea, rocket, immunohistochemistry; validation: the left motorcycle
-view and the Hubble deep field, never used for training. Every step is reused when already complete and
+view and the Hubble deep field, never used for training. Every step is reused when complete and up to date and
 resumed when interrupted, so calling it again is cheap.
 """
 from pathlib import Path
@@ -21,7 +21,8 @@ from skimage import data as skdata
 from cadyq_plugin.data.folder_steps import make_lr
 from cadyq_plugin.data.image_io import PathLike, write_png
 from cadyq_plugin.data.lmdb_writer import make_lmdb
-from cadyq_plugin.data.outputs import reuse_or_build, staged_output
+from cadyq_plugin.data.manifest import make_manifest
+from cadyq_plugin.data.outputs import build_output
 from cadyq_plugin.data.subimages import extract_subimages
 from cadyq_plugin.data.transforms import mod_crop
 
@@ -48,13 +49,16 @@ def _centre_crop(img: np.ndarray, size: int) -> np.ndarray:
 def _write_photos(folder: Path, photos: Sequence[Tuple[str, Callable[[], np.ndarray]]], scale: int,
                   crop: Optional[int], **safety) -> Path:
     """Save RGB photos as BGR PNGs, optionally centre-cropped, mod-cropped to ``scale``."""
-    with staged_output(folder, **safety) as staging:
+
+    def write(staging):
         for name, load in photos:
             target = staging / f'{name}.png'
             if not target.exists():
                 img = np.ascontiguousarray(load()[:, :, :3][:, :, ::-1])
                 write_png(target, mod_crop(img if crop is None else _centre_crop(img, crop), scale))
-    return folder
+
+    manifest = make_manifest({}, kind='photos', photos=[name for name, _ in photos], scale=scale, crop=crop)
+    return build_output(folder, manifest, write, **safety)
 
 
 def quickstart_paths(root: PathLike, scale: int = 4) -> Dict[str, Path]:
@@ -88,19 +92,13 @@ def build_quickstart_data(root: PathLike, scale: int = 4, crop_size: int = 192, 
     if crop_size % scale or step % scale:
         raise ValueError(f'crop_size {crop_size} and step {step} must be divisible by the scale {scale}')
     out = quickstart_paths(root, scale)
-    safety = dict(overwrite=overwrite, partial=partial)
-    steps = [
-        ('train_hr', lambda: _write_photos(out['train_hr'], TRAIN_PHOTOS, scale, None, **safety)),
-        ('train_lr', lambda: make_lr(out['train_hr'], out['train_lr'], scale, **safety)),
-        ('train_gt_folder', lambda: extract_subimages(out['train_hr'], out['train_gt_folder'], crop_size, step,
-                                                      mod=scale, **safety)),
-        ('train_lq_folder', lambda: extract_subimages(out['train_lr'], out['train_lq_folder'], crop_size // scale,
-                                                      step // scale, **safety)),
-        ('train_gt_lmdb', lambda: make_lmdb(out['train_gt_folder'], out['train_gt_lmdb'], **safety)),
-        ('train_lq_lmdb', lambda: make_lmdb(out['train_lq_folder'], out['train_lq_lmdb'], **safety)),
-        ('val_gt', lambda: _write_photos(out['val_gt'], VAL_PHOTOS, scale, val_size, **safety)),
-        ('val_lq', lambda: make_lr(out['val_gt'], out['val_lq'], scale, **safety)),
-    ]
-    for key, build in steps:
-        reuse_or_build(out[key], build, overwrite)
+    safety = dict(overwrite=overwrite, partial=partial, reuse=True)
+    _write_photos(out['train_hr'], TRAIN_PHOTOS, scale, None, **safety)
+    make_lr(out['train_hr'], out['train_lr'], scale, **safety)
+    extract_subimages(out['train_hr'], out['train_gt_folder'], crop_size, step, mod=scale, **safety)
+    extract_subimages(out['train_lr'], out['train_lq_folder'], crop_size // scale, step // scale, **safety)
+    make_lmdb(out['train_gt_folder'], out['train_gt_lmdb'], **safety)
+    make_lmdb(out['train_lq_folder'], out['train_lq_lmdb'], **safety)
+    _write_photos(out['val_gt'], VAL_PHOTOS, scale, val_size, **safety)
+    make_lr(out['val_gt'], out['val_lq'], scale, **safety)
     return out

@@ -4,9 +4,10 @@ import logging
 from typing import Callable, Dict, Optional, Sequence
 
 from cadyq_plugin.data.image_io import ImageReadError
-from cadyq_plugin.data.outputs import PartialOutputError
+from cadyq_plugin.data.outputs import PartialOutputError, StaleOutputError
 
-USER_ERRORS = (FileExistsError, FileNotFoundError, PartialOutputError, ImageReadError, ValueError)
+USER_ERRORS = (FileExistsError, FileNotFoundError, PartialOutputError, StaleOutputError, ImageReadError, ValueError)
+INTERRUPTED = 130  # the shell's status for a command ended by SIGINT
 
 
 def add_common_args(parser: argparse.ArgumentParser, scale: bool = True) -> None:
@@ -20,7 +21,9 @@ def add_common_args(parser: argparse.ArgumentParser, scale: bool = True) -> None
     group.add_argument('--resume', dest='partial', action='store_const', const='resume',
                        help='continue outputs left half-written (*.partial) by an interrupted run')
     group.add_argument('--redo', dest='partial', action='store_const', const='redo',
-                       help='delete outputs left half-written (*.partial) by an interrupted run and start over')
+                       help='delete outputs left half-written (*.partial) by an interrupted run and start over; '
+                       'rebuild outputs whose sources or options changed (or that have no manifest), moving the old '
+                       'ones aside to *.bak-<time>')
 
 
 def parse_mapping(items: Optional[Sequence[str]], what: str, key_type: Callable = str) -> Dict:
@@ -39,11 +42,16 @@ def parse_mapping(items: Optional[Sequence[str]], what: str, key_type: Callable 
 
 def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], object],
         argv: Optional[Sequence[str]] = None) -> None:
-    """Parse arguments, log at INFO and run ``main``; user mistakes end in one clear line, not a traceback."""
+    """Parse arguments, log at INFO and run ``main``; user mistakes and Ctrl-C end in one clear line, not a
+    traceback."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
     try:
         result = main(args)
     except USER_ERRORS as err:
         parser.exit(2, f'{parser.prog}: error: {err}\n')
+    except KeyboardInterrupt as err:
+        partial = getattr(err, 'partial', None)
+        parser.exit(INTERRUPTED, f'\ninterrupted: {partial} kept; run again with --resume or --redo\n' if partial
+                    else '\ninterrupted before any output was started: nothing to resume\n')
     logging.getLogger(parser.prog).info('done: %s', result)

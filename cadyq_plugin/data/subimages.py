@@ -13,7 +13,8 @@ from typing import List, Optional, Sequence
 from tqdm import tqdm
 
 from cadyq_plugin.data.image_io import PathLike, list_images, read_image, write_png
-from cadyq_plugin.data.outputs import staged_output
+from cadyq_plugin.data.manifest import make_manifest
+from cadyq_plugin.data.outputs import build_output
 from cadyq_plugin.data.transforms import mod_crop
 
 
@@ -45,9 +46,8 @@ def extract_subimages(input_folder: PathLike, save_folder: PathLike, crop_size: 
         mod: Mod-crop each image to this multiple first (HR: the scale, or the lcm of all scales prepared).
         strip_suffix: Remove this suffix from base names (``'x4'`` for DIV2K LR ``0001x4.png``).
         paths: Only these images of ``input_folder`` (default: all of them).
-        **safety: ``overwrite`` / ``partial``, see :mod:`cadyq_plugin.data.outputs`.
+        **safety: ``overwrite`` / ``partial`` / ``reuse``, see :mod:`cadyq_plugin.data.outputs`.
     """
-    save_folder = Path(save_folder)
     paths = list_images(input_folder) if paths is None else list(paths)
     bases = {}
     for path in paths:
@@ -55,8 +55,9 @@ def extract_subimages(input_folder: PathLike, save_folder: PathLike, crop_size: 
         if base in bases:
             raise ValueError(f'{path} and {bases[base]} would both give sub-images named {base}_s*.png')
         bases[base] = path
-    with staged_output(save_folder, **safety) as staging:
-        for base, path in tqdm(bases.items(), desc=f'sub-images {save_folder.name}', unit='img'):
+
+    def write(staging):
+        for base, path in tqdm(bases.items(), desc=f'sub-images {Path(save_folder).name}', unit='img'):
             img = mod_crop(read_image(path), mod)
             h_pos = crop_positions(img.shape[0], crop_size, step, thresh_size)
             w_pos = crop_positions(img.shape[1], crop_size, step, thresh_size)
@@ -64,4 +65,7 @@ def extract_subimages(input_folder: PathLike, save_folder: PathLike, crop_size: 
                 target = staging / f'{base}_s{index:03d}.png'
                 if not target.exists():  # present only when resuming, and then complete (atomic writes)
                     write_png(target, img[y:y + crop_size, x:x + crop_size], compress_level)
-    return save_folder
+
+    manifest = make_manifest({'input': paths}, kind='sub-images', crop_size=crop_size, step=step,
+                             thresh_size=thresh_size, mod=mod, strip_suffix=strip_suffix, compress_level=compress_level)
+    return build_output(save_folder, manifest, write, **safety)

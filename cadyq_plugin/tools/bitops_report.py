@@ -3,6 +3,9 @@ import argparse
 import sys
 
 
+class BitopsError(ValueError):
+    """A request the report cannot answer; the message names the value and what was expected."""
+
 
 def parse_size(text):
     try:
@@ -15,18 +18,40 @@ def parse_size(text):
 def build_cadyq_net(network_opt):
     """The options' backbone in cadyq mode: all quantizer places exist, whatever the file's quant_mode."""
     from basicsr.archs import build_network
+    from cadyq_plugin.config_check import bits_problem
+    if 'bits' in network_opt:
+        problem = bits_problem(network_opt['bits'], 'network_g.bits')
+        if problem:
+            raise BitopsError(problem)
     network_opt = dict(network_opt)
     network_opt['quant_mode'] = 'cadyq'
     return build_network(network_opt)
 
 
-def report(network_opt, hr_width, hr_height, fabs):
-    """Return the printable report (a string) for one network and output size."""
+def candidate_bits(net):
+    """The sorted candidate bit-widths of the network's selectors."""
+    from cadyq_plugin.quant import BitSelector
+    return sorted({b for module in net.modules() if isinstance(module, BitSelector) for b in module.bits})
+
+
+def report(network_opt, hr_width, hr_height, fabs=None):
+    """Return the printable report (a string) for one network and output size.
+
+    Args:
+        fabs: Average bits of the dynamic layers to report; each must lie within the candidate bits, which are the
+            default.
+    """
     from cadyq_plugin.metrics import count_layer_macs, forward_bitops
     net = build_cadyq_net(network_opt)
     scale = net.upscale
     if hr_width % scale or hr_height % scale:
-        raise SystemExit(f'--hr-size {hr_width}x{hr_height} is not divisible by the network scale {scale}')
+        raise BitopsError(f'--hr-size {hr_width}x{hr_height} is not divisible by the network scale {scale}')
+    bits = candidate_bits(net)
+    fabs = [float(b) for b in bits] if fabs is None else fabs
+    outside = [fab for fab in fabs if not bits[0] <= fab <= bits[-1]]
+    if outside:
+        raise BitopsError(f'--fab {outside[0]:g} is outside the candidate bits {bits} of network_g: an average bit '
+                          f'lies in [{bits[0]}, {bits[-1]}]')
     layers = count_layer_macs(net, hr_height // scale, hr_width // scale)
     lines = [f'{network_opt["type"]} x{scale}, output {hr_width}x{hr_height} (LR {hr_width // scale}x'
              f'{hr_height // scale})', f'{"layer":40s} {"input":>12s} {"MACs (G)":>10s}']
@@ -62,8 +87,9 @@ def main(argv):
     except ConfigError as err:
         print(f'basicsr bitops: {err}', file=sys.stderr)
         return 1
-    fabs = args.fab
-    if fabs is None:
-        fabs = [float(b) for b in opt['network_g'].get('bits', (4, 6, 8))]
-    print(report(opt['network_g'], *args.hr_size, fabs))
+    try:
+        print(report(opt['network_g'], *args.hr_size, args.fab))
+    except BitopsError as err:
+        print(f'basicsr bitops: options file {args.opt!r}: {err}', file=sys.stderr)
+        return 1
     return 0

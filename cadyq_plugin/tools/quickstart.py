@@ -1,16 +1,22 @@
 """The quickstart: FP -> PAMS -> CADyQ through ``basicsr train`` on a small set built from scikit-image
 photos, then ``basicsr test`` of each stage and a table of PSNR, SSIM, FAB and BitOPs.
 
-It runs the repository's reference options files with only data paths, sizes and iteration counts changed.
+It runs the repository's reference options files with only data paths, sizes and iteration counts changed. Each
+``basicsr`` process runs with one intra-op thread unless ``OMP_NUM_THREADS`` says otherwise: on a 2-core machine
+that other work keeps busy, two OpenMP threads spin-wait against the other processes and each iteration takes
+5-10 times longer, while on an idle machine one thread costs only about 1.4x.
 """
 import argparse
 import contextlib
+import csv
+import logging
 import os
-import subprocess
+import re
 import sys
 import time
 
 from cadyq_plugin.tools.derive_options import derive_options, load_options
+from cadyq_plugin.tools.logged_run import run_logged
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OPTIONS = os.path.join(REPO, 'options')
@@ -22,6 +28,13 @@ BACKBONE_OPTIONS = {
     'idn': ('train_idn', 'test_idn_cadyq_image.yml'),
     'srresnet': ('train_srresnet', 'test_srresnet_cadyq_image.yml'),
 }
+PROGRESS_LINES = 10  # progress lines per training stage
+# BasicSR's training log line: "[name..][epoch:  1, iter:      30, lr:(...)] [eta: 0:00:29, time (data): ...]"
+_ITER_LINE = re.compile(r'\biter:\s*(\d+),.*\[eta: ([^,\]]+)')
+
+
+class QuickstartError(RuntimeError):
+    """A quickstart step failed; the message names the command and its log."""
 
 
 def stage_overrides(data, stage, iters, batch, gt_size):
@@ -31,14 +44,14 @@ def stage_overrides(data, stage, iters, batch, gt_size):
         'datasets.train.dataroot_lq': str(data['train_lq_lmdb']),
         'datasets.train.gt_size': gt_size,
         'datasets.train.batch_size_per_gpu': batch,
-        'datasets.train.num_worker_per_gpu': 1,
+        'datasets.train.num_worker_per_gpu': 0,  # decoding tiny crops needs no extra process on a busy machine
         'datasets.val.name': 'quickstart_val',
         'datasets.val.dataroot_gt': str(data['val_gt']),
         'datasets.val.dataroot_lq': str(data['val_lq']),
         'train.total_iter': iters,
         'train.scheduler.milestones': [iters * 2 // 3],
         'val.val_freq': iters,
-        'logger.print_freq': max(1, iters // 5),
+        'logger.print_freq': max(1, iters // PROGRESS_LINES),
         'logger.save_checkpoint_freq': iters,
     }
     if stage != 'fp':
@@ -48,24 +61,11 @@ def stage_overrides(data, stage, iters, batch, gt_size):
     return overrides
 
 
-def run(command, cwd, log_path):
-    """Run a ``basicsr`` command, its output going to ``log_path``; stop the quickstart if it fails."""
-    start = time.time()
-    with open(log_path, 'w') as log:
-        result = subprocess.run([sys.executable, '-m', 'cadyq_plugin.cli'] + command, cwd=cwd, stdout=log,
-                                stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        tail = open(log_path).read()[-3000:]
-        raise SystemExit(f'`basicsr {" ".join(command)}` failed (exit {result.returncode}); log {log_path}:\n'
-                         f'{tail}')
-    return time.time() - start
-
-
 def test_overrides(data, stage, train_opt_path, test_opt_path, name):
+    """Option changes that turn a reference test file into the test of one quickstart stage."""
     train_opt = load_options(train_opt_path)
     metrics = load_options(test_opt_path)['val']['metrics']
     if stage == 'fp':  # an FP network has no quantized activations: no FAB
-
         metrics = {k: v for k, v in metrics.items() if v['type'] != 'calculate_avg_bit'}
     return {
         'name': name,
@@ -78,49 +78,42 @@ def test_overrides(data, stage, train_opt_path, test_opt_path, name):
     }
 
 
+def thread_env():
+    """The environment of the ``basicsr`` processes: one intra-op thread unless the user chose otherwise."""
+    env = dict(os.environ)
+    env.setdefault('OMP_NUM_THREADS', '1')
+    env.setdefault('MKL_NUM_THREADS', env['OMP_NUM_THREADS'])
+    return env
+
+
+def progress_printer(label, total, out=sys.stdout):
+    """A log-line callback that prints ``<label>: <iter>/<total> iterations, ETA <eta>`` for BasicSR's lines."""
+
+    def on_line(line):
+        match = _ITER_LINE.search(line)
+        if match:
+            print(f'[quickstart] {label}: {int(match.group(1))}/{total} iterations, ETA {match.group(2).strip()}',
+                  file=out, flush=True)
+
+    return on_line
+
+
+def run_basicsr(command, cwd, log_path, env, on_line=None):
+    """Run ``basicsr <command>`` in ``cwd`` with its output in ``log_path``; return its wall time in seconds."""
+    start = time.time()
+    status = run_logged([sys.executable, '-m', 'cadyq_plugin.cli'] + command, log_path, on_line, cwd=cwd, env=env)
+    if status != 0:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        raise QuickstartError(f'`basicsr {" ".join(command)}` failed (exit {status}); full log {log_path}:\n{tail}')
+    return time.time() - start
+
+
 def read_mean_row(csv_path):
-    import csv
-    rows = list(csv.reader(open(csv_path)))
+    with open(csv_path) as f:
+        rows = list(csv.reader(f))
     header, mean = rows[0], rows[-1]
     return dict(zip(header, mean))
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--arch', choices=sorted(BACKBONE_OPTIONS), default='edsr')
-    parser.add_argument('--workdir', default='quickstart_workdir', help='everything is written under here')
-    parser.add_argument('--iters', type=int, nargs=3, default=(300, 150, 150), metavar=('FP', 'PAMS', 'CADYQ'))
-    parser.add_argument('--batch', type=int, default=4)
-    parser.add_argument('--gt-size', type=int, default=64, help='HR training patch size')
-    args = parser.parse_args(argv)
-
-    import cadyq_plugin  # noqa: F401
-    from cadyq_plugin.data.quickstart_data import build_quickstart_data
-    workdir = os.path.abspath(args.workdir)
-    os.makedirs(workdir, exist_ok=True)
-    print(f'[quickstart] data: building a small DIV2K-style set from scikit-image photos in {workdir}/data')
-    with open(os.path.join(workdir, 'data.log'), 'w') as log, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log):
-        data = build_quickstart_data(os.path.join(workdir, 'data'))
-    prefix, test_file = BACKBONE_OPTIONS[args.arch]
-    rows = []
-    for stage, iters in zip(STAGES, args.iters):
-        train_opt = os.path.join(workdir, 'options', f'{prefix}_{stage}.yml')
-        derive_options(os.path.join(OPTIONS, f'{prefix}_{stage}.yml'),
-                       stage_overrides(data, stage, iters, args.batch, args.gt_size), train_opt)
-        seconds = run(['train', '-opt', train_opt], workdir, os.path.join(workdir, f'train_{stage}.log'))
-        print(f'[quickstart] basicsr train -opt {os.path.relpath(train_opt, workdir)}: {iters} iterations, '
-              f'{seconds:.0f} s')
-        name = f'quickstart_{args.arch}_{stage}'
-        test_opt = os.path.join(workdir, 'options', f'test_{args.arch}_{stage}.yml')
-        test_base = os.path.join(OPTIONS, test_file)
-        derive_options(test_base, test_overrides(data, stage, train_opt, test_base, name), test_opt)
-        seconds = run(['test', '-opt', test_opt], workdir, os.path.join(workdir, f'test_{stage}.log'))
-        print(f'[quickstart] basicsr test -opt {os.path.relpath(test_opt, workdir)}: {seconds:.0f} s')
-        mean = read_mean_row(os.path.join(workdir, 'results', name, 'quickstart_val_results.csv'))
-        rows.append((stage, mean))
-    print(format_table(args.arch, rows))
-    return 0
 
 
 def format_table(arch, rows):
@@ -130,6 +123,100 @@ def format_table(arch, rows):
         fab = mean.get('FAB') or '32 (FP)'
         lines.append(f'| {stage} | {mean["PSNR (dB)"]} | {mean["SSIM"]} | {fab} | {mean["BitOPs (G)"]} |')
     return '\n'.join(lines)
+
+
+def format_times(phases):
+    """The wall-time table: ``phases`` is a list of (phase, seconds, note); the total is added."""
+    lines = ['\nwall time per phase:', '| phase | s | |', '|---|---:|---|']
+    lines += [f'| {phase} | {seconds:.0f} | {note} |' for phase, seconds, note in phases]
+    lines.append(f'| total | {sum(seconds for _, seconds, _ in phases):.0f} | |')
+    return '\n'.join(lines)
+
+
+def build_data(workdir):
+    """Build (or reuse) the data set, its log in ``<workdir>/data.log``; return (paths, reused)."""
+    from cadyq_plugin.data.outputs import StaleOutputError
+    from cadyq_plugin.data.quickstart_data import build_quickstart_data, quickstart_paths
+    root = os.path.join(workdir, 'data')
+    reused = all(path.exists() for path in quickstart_paths(root).values())
+    data_logger = logging.getLogger('cadyq_plugin.data')
+    level = data_logger.level
+    with open(os.path.join(workdir, 'data.log'), 'w') as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        handler = logging.StreamHandler(log)
+        data_logger.addHandler(handler)
+        data_logger.setLevel(logging.INFO)
+        try:
+            data = build_quickstart_data(root)
+        except StaleOutputError as err:
+            raise QuickstartError(f'{err}\nThe quickstart always builds the same set: delete {root} (or pass '
+                                  'another --workdir) to build it again') from err
+        finally:
+            data_logger.removeHandler(handler)
+            data_logger.setLevel(level)
+    return data, reused
+
+
+def run_quickstart(args, phases):
+    """Data, then train and test each stage; fills ``phases`` with (phase, seconds, note) as it goes."""
+    workdir = os.path.abspath(args.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    env = thread_env()
+    print(f'[quickstart] everything goes to {workdir}; each basicsr process runs with OMP_NUM_THREADS='
+          f'{env["OMP_NUM_THREADS"]}', flush=True)
+    start = time.time()
+    data, reused = build_data(workdir)
+    note = 'reused (up to date)' if reused else 'built'
+    phases.append(('data', time.time() - start, note))
+    print(f'[quickstart] data: {note}: {workdir}/data ({phases[-1][1]:.0f} s)', flush=True)
+    prefix, test_file = BACKBONE_OPTIONS[args.arch]
+    rows = []
+    for stage, iters in zip(STAGES, args.iters):
+        train_opt = os.path.join(workdir, 'options', f'{prefix}_{stage}.yml')
+        derive_options(os.path.join(OPTIONS, f'{prefix}_{stage}.yml'),
+                       stage_overrides(data, stage, iters, args.batch, args.gt_size), train_opt)
+        log = os.path.join(workdir, f'train_{stage}.log')
+        print(f'[quickstart] {stage}: basicsr train -opt {os.path.relpath(train_opt, workdir)} ({iters} iterations, '
+              f'log {os.path.relpath(log, workdir)})', flush=True)
+        seconds = run_basicsr(['train', '-opt', train_opt], workdir, log, env, progress_printer(stage, iters))
+        phases.append((f'{stage} train', seconds, f'{iters} iterations'))
+        print(f'[quickstart] {stage}: trained in {seconds:.0f} s', flush=True)
+
+        name = f'quickstart_{args.arch}_{stage}'
+        test_opt = os.path.join(workdir, 'options', f'test_{args.arch}_{stage}.yml')
+        test_base = os.path.join(OPTIONS, test_file)
+        derive_options(test_base, test_overrides(data, stage, train_opt, test_base, name), test_opt)
+        seconds = run_basicsr(['test', '-opt', test_opt], workdir, os.path.join(workdir, f'test_{stage}.log'), env)
+        phases.append((f'{stage} test', seconds, ''))
+        print(f'[quickstart] {stage}: basicsr test -opt {os.path.relpath(test_opt, workdir)}: {seconds:.0f} s',
+              flush=True)
+        rows.append((stage, read_mean_row(os.path.join(workdir, 'results', name, 'quickstart_val_results.csv'))))
+    return rows
+
+
+def main(argv=None, started=None):
+    """Run the quickstart; ``started`` is when the process began (default: now), to time the imports."""
+    started = time.time() if started is None else started
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--arch', choices=sorted(BACKBONE_OPTIONS), default='edsr')
+    parser.add_argument('--workdir', default='quickstart_workdir', help='everything is written under here')
+    parser.add_argument('--iters', type=int, nargs=3, default=(200, 100, 150), metavar=('FP', 'PAMS', 'CADYQ'))
+    parser.add_argument('--batch', type=int, default=4)
+    parser.add_argument('--gt-size', type=int, default=48, help='HR training patch size')
+    parser.add_argument('--install-seconds', type=float, help='wall time of the install, for the summary (given by '
+                        'scripts/quickstart.sh)')
+    args = parser.parse_args(argv)
+    phases = [] if args.install_seconds is None else [('install', args.install_seconds, '')]
+    phases.append(('start (python, imports)', time.time() - started, ''))
+    try:
+        rows = run_quickstart(args, phases)
+    except QuickstartError as err:
+        print(f'[quickstart] {err}', file=sys.stderr)
+        print(format_times(phases))
+        return 1
+    print(format_table(args.arch, rows))
+    print(format_times(phases))
+    return 0
 
 
 if __name__ == '__main__':
