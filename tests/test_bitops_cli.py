@@ -8,7 +8,8 @@ import yaml
 
 import cadyq_plugin  # noqa: F401  (compat shim before basicsr)
 from cadyq_plugin.cli import main as cli_main
-from cadyq_plugin.config_check import ConfigError, check_options, read_yml
+from cadyq_plugin.config_check import ConfigError, check_options
+from cadyq_plugin.options import read_yml
 from tiny_workspace import OPTIONS
 
 REFERENCE = os.path.join(OPTIONS, 'train_edsrbaseline_cadyq.yml')
@@ -67,7 +68,7 @@ def test_bad_bits_give_the_config_checks_line(tmp_path, capsys, bits):
 def test_bad_options_file_and_size_end_in_one_line(tmp_path, capsys):
     status, _, err = _bitops(capsys, '-opt', str(tmp_path / 'missing.yml'))
     assert status == 1 and err.strip().splitlines() == [
-        f"basicsr bitops: cannot read options file '{tmp_path / 'missing.yml'}': No such file or directory"]
+        f"basicsr bitops: options file '{tmp_path / 'missing.yml'}': cannot read the file: No such file or directory"]
     status, _, err = _bitops(capsys, '-opt', REFERENCE, '--hr-size', '1282x720')
     assert status == 1 and len(err.strip().splitlines()) == 1 and 'not divisible by the network scale 4' in err
 

@@ -85,7 +85,7 @@ def main(argv):
         if not isinstance(opt.get('network_g'), dict):
             raise ConfigError(args.opt, ['network_g is missing: the network whose BitOPs to count'])
     except ConfigError as err:
-        print(f'basicsr bitops: {err}', file=sys.stderr)
+        print(f'basicsr bitops: options file {args.opt!r}: {"; ".join(err.problems)}', file=sys.stderr)
         return 1
     try:
         print(report(opt['network_g'], *args.hr_size, args.fab))
