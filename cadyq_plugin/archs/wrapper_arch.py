@@ -142,8 +142,6 @@ def plan_wrapper(backbone, upscale=None, quantize=None, act_quant=None, keep_fp=
     elif quantize is None:
         problems.append('act_quant is set but quantize is missing: name the convs whose weights are quantized')
         quantize = []
-    elif act_quant is None:
-        act_quant = list(quantize) if isinstance(quantize, (list, tuple)) else []
     pad_to = preset.get('pad_to', 1) if pad_to is None else pad_to
     if isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < 1:
         problems.append(f'pad_to = {pad_to!r}: expected a positive integer')

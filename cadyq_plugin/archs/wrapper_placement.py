@@ -150,6 +150,11 @@ class _Resolver:
             return True
         return False
 
+    def conv_inputs(self, convs):
+        """The default act_quant: a dynamic quantizer on the input of each quantized conv, ``<conv>.quant_in``."""
+        return [Site(key, 'input', conv, f'{conv}.quant_in', None) for conv, key in convs.items()
+                if self._can_hold(key, conv, f'{conv}.quant_in')]
+
     def act_quant(self, value):
         if not isinstance(value, (list, tuple)):
             self.add('act_quant', value, 'expected a list of activation quantizers')
@@ -176,6 +181,10 @@ class _Resolver:
         return features
 
     def body(self, value):
+        if value is None:
+            self.problems.append("body is missing: {input: module} or {output: module}, where the tail's input (the "
+                                 'body output used for distillation) is')
+            return None
         if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in ('input', 'output'):
             self.add('body', value, "expected {input: module} or {output: module}: where the tail's input (the "
                      'body output used for distillation) is')
@@ -192,12 +201,14 @@ class _Resolver:
 
 
 def resolve_placement(backbone, arch_type, quantize, act_quant, keep_fp, features, body):
-    """Resolve the wrapper's options against ``backbone``; returns ``(Placement, problems)``."""
+    """Resolve the wrapper's options against ``backbone``; returns ``(Placement, problems)``. ``act_quant`` None
+    puts a dynamic quantizer on the input of every quantized conv."""
     resolver = _Resolver(backbone, arch_type)
     resolver.keep_fp(keep_fp)
+    convs = resolver.quantize(quantize)
     placement = Placement(
-        convs=resolver.quantize(quantize),
-        sites=resolver.act_quant(act_quant),
+        convs=convs,
+        sites=resolver.conv_inputs(convs) if act_quant is None else resolver.act_quant(act_quant),
         features=resolver.features(features),
         body=resolver.body(body))
     return placement, resolver.problems
@@ -208,10 +219,13 @@ def trace_problems(placement, trace, arch_type):
     if trace.error is not None:
         return [f'backbone: {arch_type} could not run on the meta device ({trace.error}); the wrapper and the BitOPs '
                 'counter need a forward pass that runs on it']
-    problems = []
+    problems, reported = [], set()
 
     def runs_once(key, module, what):
         calls = trace.calls[module]
+        if calls != 1 and (key, module) in reported:
+            return False
+        reported.add((key, module))
         if calls == 0:
             problems.append(f'{key}: {module} never runs in a forward pass of {arch_type} (not called, or called '
                             f'other than as module(...)), so {what} would never happen')

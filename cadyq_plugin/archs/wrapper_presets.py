@@ -47,6 +47,7 @@ def _rrdbnet(option):
         'act_quant': [{'input': f'{rdb}.conv{i}', 'name': f'{rdb}.quant{i}'} for i in range(1, 6)],
         'features': ['body.*.rdb3.conv5'],
         'body': {'input': 'conv_up1'},
+        'pad_to': {1: 4, 2: 2}.get(option('scale'), 1),  # x1 / x2 start with a pixel unshuffle by 4 / 2
     }
 
 
