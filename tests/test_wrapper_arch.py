@@ -234,3 +234,22 @@ def test_residual_branch_quantizers_are_fixed_8_bit_and_not_in_the_fab():
     assert len(fixed) == 4 and all(m.bits == 8 for m in fixed.values())
     assert not any(isinstance(m, QConv2d) for n, m in net.named_modules() if '.rcab.3.' in n)  # attention stays FP
     assert not isinstance(net.body[0].conv, QConv2d) and not isinstance(net.conv_first, QConv2d)
+
+
+def test_swinir_macs_count_its_linear_layers_like_mmengine():
+    """Convs and linears (attention projections, MLPs) from the module shapes; mmengine's FLOP analysis of the
+    bare backbone is the independent count (its ``matmul`` entries, attention's q @ k and attn @ v, are no layers
+    and are not counted)."""
+    from mmengine.analysis import FlopAnalyzer
+    backbone = bare('SwinIR').eval()
+    analyzer = FlopAnalyzer(backbone, (torch.rand(1, 3, 8, 12),))
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    expected = analyzer.by_operator()
+    layers = {layer.name: layer for layer in count_layer_macs(CADyQWrapper(tiny('SwinIR')), 8, 12)}
+    assert sum(layer.macs for layer in layers.values()) == expected['conv'] + expected['linear']
+    tokens, dim = 8 * 12, 12
+    assert layers['layers.1.residual_group.blocks.0.attn.qkv'].macs == tokens * dim * 3 * dim
+    assert layers['layers.1.residual_group.blocks.0.mlp.fc2'].macs == tokens * 2 * dim * dim
+    assert layers['layers.0.conv'].act_kind == 'dynamic' and layers['layers.0.conv'].macs == tokens * dim * dim * 9
+    assert all(layer.act_kind == 'fp' for name, layer in layers.items() if '.attn.' in name or '.mlp.' in name)

@@ -29,8 +29,8 @@ class LayerCost:
 
 
 def _layer_macs(module, inputs, output):
-    if isinstance(module, nn.Linear):
-        return output[0].numel() * module.in_features
+    if isinstance(module, nn.Linear):  # every leading dimension is rows (window attention folds windows into it)
+        return output.numel() * module.in_features
     if isinstance(module, nn.ConvTranspose2d):
         per_pixel = module.out_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
         return inputs[0][0, 0].numel() * module.in_channels * per_pixel
