@@ -279,6 +279,7 @@ class CADyQWrapper(CADyQNet):
         self.n_selectors = len(selectors)
 
     def train(self, mode=True):
+        """Also set the backbone's own flag (a plain attribute here, which its forward may read)."""
         super().train(mode)
         self.backbone.training = mode
         return self
