@@ -276,6 +276,7 @@ def _resolve_network(net_opt, key, problems):
                              (did_you_mean(name, known) or f'; its arguments are {sorted(params)}'))
     resolved = {name: p.default for name, p in params.items() if p.default is not p.empty}
     resolved.update((name, value) for name, value in net_opt.items() if open_ended or name in params or name == 'type')
+    _check_wrapper(cls, net_opt, key, resolved, problems)
     if resolved.get('quant_mode') not in QUANT_MODES:
         problems.add(f'{key}.quant_mode', resolved.get('quant_mode'), f'expected one of {list(QUANT_MODES)}')
     bits_line = bits_problem(resolved.get('bits'), f'{key}.bits')
@@ -291,6 +292,19 @@ def _resolve_network(net_opt, key, problems):
     if not _is_int(resolved.get('upscale')) or resolved.get('upscale') < 1:
         problems.add(f'{key}.upscale', resolved.get('upscale'), 'expected a positive integer')
     return resolved
+
+
+def _check_wrapper(cls, net_opt, key, resolved, problems):
+    """A ``CADyQWrapper`` section: its backbone, patterns and traced forward pass are checked now (see
+    ``check_wrapper_options``), and its scale is the backbone's."""
+    from cadyq_plugin.archs.wrapper_arch import CADyQWrapper, WrapperConfigError, check_wrapper_options
+    if not issubclass(cls, CADyQWrapper):
+        return
+    try:
+        resolved['upscale'] = check_wrapper_options(net_opt)
+    except WrapperConfigError as err:
+        resolved['upscale'] = err.upscale
+        problems.extend(f'{key}.{problem}' for problem in err.problems)
 
 
 def _check_networks(opt, phase, problems):

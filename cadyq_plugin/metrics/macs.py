@@ -1,13 +1,17 @@
 """Per-layer multiply-accumulate counts read off the real module shapes (SPEC §5).
 
-The network runs once on the ``meta`` device (shapes only, no arithmetic) with hooks on every convolution;
-each layer's entry also says how its input is quantized, taken from the quantizer that feeds it.
+The network runs once on the ``meta`` device (shapes only, no arithmetic) with hooks on every convolution and
+linear layer (a transformer backbone's projections and MLPs; the bit selectors' own linears are not counted, as
+in the reference figures); each layer's entry also says how its input is quantized, taken from the quantizer
+that feeds it. Products of two activations (attention's ``q @ k``) are not layers and are not counted.
 """
 import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
+from cadyq_plugin.quant import BitSelector
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,9 @@ class LayerCost:
     act_bits: int
 
 
-def _conv_macs(module, inputs, output):
+def _layer_macs(module, inputs, output):
+    if isinstance(module, nn.Linear):  # every leading dimension is rows (window attention folds windows into it)
+        return output.numel() * module.in_features
     if isinstance(module, nn.ConvTranspose2d):
         per_pixel = module.out_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
         return inputs[0][0, 0].numel() * module.in_channels * per_pixel
@@ -33,8 +39,9 @@ def _conv_macs(module, inputs, output):
 
 
 def count_layer_macs(net, lr_height, lr_width, in_channels=3):
-    """MACs of every conv of ``net`` for one ``[1, in_channels, lr_height, lr_width]`` input."""
+    """MACs of every conv and linear layer of ``net`` for one ``[1, in_channels, lr_height, lr_width]`` input."""
     meta_net = copy.deepcopy(net).to('meta').eval()
+    selector_fcs = {id(m.fc) for m in meta_net.modules() if isinstance(m, BitSelector)}
     layers = []
 
     def hook(name):
@@ -45,13 +52,13 @@ def count_layer_macs(net, lr_height, lr_width, in_channels=3):
             kind, bits = quantizer.bit_spec() if quantizer is not None else ('fp', 32)
             if kind == 'fp':
                 w_bits = 32
-            layers.append(LayerCost(name, _conv_macs(module, inputs, output), w_bits, kind, bits))
+            layers.append(LayerCost(name, _layer_macs(module, inputs, output), w_bits, kind, bits))
 
         return record
 
     handles = [
         module.register_forward_hook(hook(name)) for name, module in meta_net.named_modules()
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)) and id(module) not in selector_fcs
     ]
     try:
         with torch.no_grad():

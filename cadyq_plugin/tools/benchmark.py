@@ -22,11 +22,12 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _model_opt(arch, mode, device, workdir, teacher_path=None, init_path=None):
+def _model_opt(network, mode, device, workdir, teacher_path=None, init_path=None):
+    """Options of the ``mode`` model of ``network`` (a ``network_g`` section without ``quant_mode``)."""
     opt = {
-        'name': f'bench_{arch}_{mode}', 'num_gpu': 1 if device.type == 'cuda' else 0, 'is_train': True,
+        'name': f'bench_{mode}', 'num_gpu': 1 if device.type == 'cuda' else 0, 'is_train': True,
         'dist': False, 'rank': 0, 'world_size': 1,
-        'network_g': {'type': arch, 'quant_mode': mode, 'calib_iters': 0},
+        'network_g': _network(network, mode),
         'path': {'pretrain_network_g': init_path, 'models': workdir, 'training_states': workdir},
         'train': {
             'optim_g': {'type': 'Adam', 'lr': 1e-4},
@@ -37,7 +38,8 @@ def _model_opt(arch, mode, device, workdir, teacher_path=None, init_path=None):
     }
     if mode != 'fp':
         opt['model_type'] = 'CADyQModel'
-        opt['network_t'] = {'type': arch, 'quant_mode': 'fp' if mode == 'pams' else 'pams'}
+        opt['network_g']['calib_iters'] = 0
+        opt['network_t'] = dict(network, quant_mode='fp' if mode == 'pams' else 'pams')
         opt['path']['pretrain_network_t'] = teacher_path
         opt['train']['optim_alpha'] = {'lr': 1e-2}
         opt['train']['kd_opt'] = {'type': 'ATLoss', 'loss_weight': 1e3, 'feature_weight': 0.1}
@@ -47,8 +49,19 @@ def _model_opt(arch, mode, device, workdir, teacher_path=None, init_path=None):
     return opt
 
 
-def build_training_models(arch, device, workdir):
-    """FP (SRModel), PAMS and CADyQ (CADyQModel) models of ``arch`` with their teachers, ready to step."""
+def _network(network, mode):
+    """The ``mode`` variant of a network section; the FP model of a CADyQWrapper is its bare backbone (stage 1)."""
+    if mode == 'fp' and network['type'] == 'CADyQWrapper':
+        return dict(network['backbone'])
+    return dict(network, quant_mode=mode)
+
+
+def network_label(network):
+    return network['backbone']['type'] if network['type'] == 'CADyQWrapper' else network['type']
+
+
+def build_training_models(network, device, workdir):
+    """FP (SRModel), PAMS and CADyQ (CADyQModel) models of ``network`` with their teachers, ready to step."""
     import cadyq_plugin  # noqa: F401
     from basicsr.archs import build_network
     from basicsr.models.sr_model import SRModel
@@ -56,12 +69,12 @@ def build_training_models(arch, device, workdir):
     from cadyq_plugin.models import CADyQModel
     paths = {}
     for mode in ('fp', 'pams'):
-        paths[mode] = os.path.join(workdir, f'{arch}_{mode}.pth')
-        torch.save({'params': build_network({'type': arch, 'quant_mode': mode}).state_dict()}, paths[mode])
+        paths[mode] = os.path.join(workdir, f'{mode}.pth')
+        torch.save({'params': build_network(_network(network, mode)).state_dict()}, paths[mode])
     return {
-        'fp': SRModel(_model_opt(arch, 'fp', device, workdir)),
-        'pams': CADyQModel(_model_opt(arch, 'pams', device, workdir, paths['fp'], paths['fp'])),
-        'cadyq': CADyQModel(_model_opt(arch, 'cadyq', device, workdir, paths['pams'], paths['pams'])),
+        'fp': SRModel(_model_opt(network, 'fp', device, workdir)),
+        'pams': CADyQModel(_model_opt(network, 'pams', device, workdir, paths['fp'], paths['fp'])),
+        'cadyq': CADyQModel(_model_opt(network, 'cadyq', device, workdir, paths['pams'], paths['pams'])),
     }
 
 
@@ -81,9 +94,9 @@ def interleaved_median(functions, repeats, warmup, device):
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def bench_training(arch, device, batch, patch, scale, repeats, warmup):
+def bench_training(network, device, batch, patch, scale, repeats, warmup):
     with tempfile.TemporaryDirectory() as workdir:
-        models = build_training_models(arch, device, workdir)
+        models = build_training_models(network, device, workdir)
         generator = torch.Generator().manual_seed(0)
         data = {'lq': torch.rand(batch, 3, patch // scale, patch // scale, generator=generator),
                 'gt': torch.rand(batch, 3, patch, patch, generator=generator)}
@@ -95,10 +108,10 @@ def bench_training(arch, device, batch, patch, scale, repeats, warmup):
         return interleaved_median({m: (lambda m=m: step(models[m])) for m in models}, repeats, warmup, device)
 
 
-def bench_inference(arch, device, batch, lr_size, repeats, warmup):
+def bench_inference(network, device, batch, lr_size, repeats, warmup):
     import cadyq_plugin  # noqa: F401
     from basicsr.archs import build_network
-    nets = {mode: build_network({'type': arch, 'quant_mode': mode}).to(device).eval() for mode in ('fp', 'cadyq')}
+    nets = {mode: build_network(_network(network, mode)).to(device).eval() for mode in ('fp', 'cadyq')}
     x = torch.rand(batch, 3, lr_size, lr_size, device=device)
 
     def forward(net):
@@ -108,13 +121,13 @@ def bench_inference(arch, device, batch, lr_size, repeats, warmup):
     return interleaved_median({m: (lambda m=m: forward(nets[m])) for m in nets}, repeats, warmup, device)
 
 
-def bench_patchwise(arch, device, lr_hw, patch, step, batches, repeats):
+def bench_patchwise(network, device, lr_hw, patch, step, batches, repeats):
     """Patches per second of patch-wise inference of an ``lr_hw`` image for each batch size."""
     import cadyq_plugin  # noqa: F401
     from basicsr.archs import build_network
 
     from cadyq_plugin.inference import super_resolve
-    net = build_network({'type': arch, 'quant_mode': 'cadyq'}).to(device).eval()
+    net = build_network(_network(network, 'cadyq')).to(device).eval()
     lq = torch.rand(1, 3, *lr_hw, device=device)
 
     def run(batch):
@@ -125,23 +138,34 @@ def bench_patchwise(arch, device, lr_hw, patch, step, batches, repeats):
     return {b: n_patches / t for b, t in times.items()}, n_patches
 
 
-def peak_memory_patchwise(arch, device, lr_hw, patch, step, batch):
+def peak_memory_patchwise(network, device, lr_hw, patch, step, batch):
     """Peak memory (MiB) while testing one large image patch-wise: CUDA allocator peak, or the process's
     peak RSS growth on the CPU (run this last: RSS peaks never go down)."""
     import resource
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    bench_patchwise(arch, device, lr_hw, patch, step, [batch], 1)
+    bench_patchwise(network, device, lr_hw, patch, step, [batch], 1)
     if device.type == 'cuda':
         return torch.cuda.max_memory_allocated(device) / 2**20
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
 
 
+def _options_network(path):
+    """The ``network_g`` of an options file, without the arguments the benchmark sets per mode."""
+    from cadyq_plugin.tools.options import read_options
+    network = dict(read_options(path)['network_g'])
+    for key in ('quant_mode', 'calib_iters'):
+        network.pop(key, None)
+    return network
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--archs', nargs='+', default=list(DEFAULT_BACKBONES))
+    parser.add_argument('--archs', nargs='+', default=None, help=f'archs (default {list(DEFAULT_BACKBONES)})')
+    parser.add_argument('--opt', nargs='+', default=[], help='options files whose network_g to measure instead '
+                        '(e.g. a CADyQWrapper network; its FP model is the bare backbone)')
     parser.add_argument('--batch', type=int, default=None, help='training batch (default: 16 on CUDA, 4 on CPU)')
     parser.add_argument('--patch', type=int, default=None, help='HR training patch (default: 192 CUDA, 96 CPU)')
     parser.add_argument('--repeats', type=int, default=5)
@@ -162,31 +186,34 @@ def main(argv=None):
     mem_image = tuple(int(v) for v in (args.memory_image or ('1080x2048' if cuda else '540x1024')).split('x'))
     name = torch.cuda.get_device_name(device) if cuda else f'CPU ({torch.get_num_threads()} threads)'
     print(f'device: {name}; torch {torch.__version__}')
+    networks = [{'type': arch} for arch in args.archs or ([] if args.opt else DEFAULT_BACKBONES)]
+    networks += [_options_network(path) for path in args.opt]
     failures = []
-    for arch in args.archs:
+    for network in networks:
+        arch = network_label(network)
         print(f'\n== {arch} ==')
         if 'train' not in args.skip:
-            t = bench_training(arch, device, batch, patch, 4, args.repeats, args.warmup)
+            t = bench_training(network, device, batch, patch, 4, args.repeats, args.warmup)
             ratios = {'pams_train': t['pams'] / t['fp'], 'cadyq_train': t['cadyq'] / t['fp']}
             print(f'training step (batch {batch}, HR patch {patch}): FP {t["fp"] * 1e3:.1f} ms, PAMS '
                   f'{t["pams"] * 1e3:.1f} ms ({ratios["pams_train"]:.2f}x), CADyQ {t["cadyq"] * 1e3:.1f} ms '
                   f'({ratios["cadyq_train"]:.2f}x)')
             failures += [(arch, k, v) for k, v in ratios.items() if v > TARGETS[k]]
         if 'infer' not in args.skip:
-            t = bench_inference(arch, device, 1, infer_lr, args.repeats, args.warmup)
+            t = bench_inference(network, device, 1, infer_lr, args.repeats, args.warmup)
             ratio = t['cadyq'] / t['fp']
             print(f'inference (LR {infer_lr}x{infer_lr}): FP {t["fp"] * 1e3:.1f} ms, CADyQ {t["cadyq"] * 1e3:.1f} ms '
                   f'({ratio:.2f}x)')
             if ratio > TARGETS['cadyq_infer']:
                 failures.append((arch, 'cadyq_infer', ratio))
         if 'patchwise' not in args.skip:
-            rates, n = bench_patchwise(arch, device, pw_image, 96, 90, [1, pw_batch], max(1, args.repeats // 2))
+            rates, n = bench_patchwise(network, device, pw_image, 96, 90, [1, pw_batch], max(1, args.repeats // 2))
             print(f'patch-wise LR {pw_image[0]}x{pw_image[1]} ({n} patches of 96, step 90): batch 1 '
                   f'{rates[1]:.1f} patches/s, batch {pw_batch} {rates[pw_batch]:.1f} patches/s '
                   f'({rates[pw_batch] / rates[1]:.2f}x)')
     if 'memory' not in args.skip:
-        arch = args.archs[0]
-        peak = peak_memory_patchwise(arch, device, mem_image, 96, 90, pw_batch)
+        arch = network_label(networks[0])
+        peak = peak_memory_patchwise(networks[0], device, mem_image, 96, 90, pw_batch)
         out_mib = 3 * 4 * mem_image[0] * mem_image[1] * 16 / 2**20
         print(f'\npeak memory, {arch} patch-wise LR {mem_image[0]}x{mem_image[1]} (batch {pw_batch}): {peak:.0f} MiB '
               f'(the float32 SR output alone is {out_mib:.0f} MiB)')

@@ -62,7 +62,7 @@ def report(network_opt, hr_width, hr_height, fabs=None):
     quantized = sum(layer.macs for layer in layers if layer.act_kind != 'fp')
     lines += [
         f'MACs: {fp / 1e9:.2f} G total, {quantized / 1e9:.2f} G in quantized convs, '
-        f'{(fp - quantized) / 1e9:.2f} G in FP convs',
+        f'{(fp - quantized) / 1e9:.2f} G in FP layers',
         f'BitOPs FP        : {fp / 1e9:8.2f} G',
         f'BitOPs W8A8      : {forward_bitops(layers, fab=8) / 1e9:8.2f} G',
     ]
