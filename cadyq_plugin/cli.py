@@ -41,9 +41,10 @@ def user_errors():
     from cadyq_plugin.checkpoint import CheckpointError
     from cadyq_plugin.config_check import ConfigError
     from cadyq_plugin.data.paired_dataset import DataError
+    from cadyq_plugin.archs.wrapper_arch import WrapperConfigError
     from cadyq_plugin.experiment import ExperimentError
     from cadyq_plugin.models.step_guard import TrainingDivergedError
-    return (ConfigError, CheckpointError, DataError, ExperimentError, TrainingDivergedError)
+    return (ConfigError, CheckpointError, DataError, ExperimentError, TrainingDivergedError, WrapperConfigError)
 
 
 def report_error(command, err):

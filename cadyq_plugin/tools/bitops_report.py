@@ -87,9 +87,10 @@ def main(argv):
     except ConfigError as err:
         print(f'basicsr bitops: options file {args.opt!r}: {"; ".join(err.problems)}', file=sys.stderr)
         return 1
+    from cadyq_plugin.archs.wrapper_arch import WrapperConfigError
     try:
         print(report(opt['network_g'], *args.hr_size, args.fab))
-    except BitopsError as err:
+    except (BitopsError, WrapperConfigError) as err:
         print(f'basicsr bitops: options file {args.opt!r}: {err}', file=sys.stderr)
         return 1
     return 0
