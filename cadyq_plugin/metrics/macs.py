@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from cadyq_plugin.quant import set_backend
+
 
 @dataclass(frozen=True)
 class LayerCost:
@@ -35,6 +37,7 @@ def _conv_macs(module, inputs, output):
 def count_layer_macs(net, lr_height, lr_width, in_channels=3):
     """MACs of every conv of ``net`` for one ``[1, in_channels, lr_height, lr_width]`` input."""
     meta_net = copy.deepcopy(net).to('meta').eval()
+    set_backend(meta_net, 'fake')  # shapes only: the int8 backend's integer convs do not run on 'meta'
     layers = []
 
     def hook(name):

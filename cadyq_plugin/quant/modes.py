@@ -70,3 +70,19 @@ def set_calibration(net, on):
     for module in net.modules():
         if isinstance(module, (PAMSQuant, BitSelector)):
             module.calibrating = bool(on)
+
+
+def set_backend(net, backend):
+    """Choose how the quantized convs of ``net`` execute in eval mode: ``fake`` (float simulation) or ``int8``
+    (integer convolutions, same results). Works on any network whose :class:`QConv2d` name their input quantizer
+    (``feed_from``): those quantizers emit integer codes, every other module is left as it is."""
+    from cadyq_plugin.quant.int8 import Int8ConvKernel, check_backend, quantize_to_codes
+    check_backend(backend)
+    for module in net.modules():
+        if isinstance(module, (PAMSQuant, BitSelector)):
+            module.int8_codes = None
+    for module in net.modules():
+        if isinstance(module, QConv2d):
+            module.int8_kernel = Int8ConvKernel() if backend == 'int8' else None
+            if backend == 'int8' and module.input_quantizer is not None:
+                module.input_quantizer.int8_codes = quantize_to_codes
