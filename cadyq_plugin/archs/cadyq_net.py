@@ -43,7 +43,7 @@ class CADyQNet(nn.Module):
         """Return the SR image; with ``return_aux`` also a dict with ``body`` (the tail's input), ``feats``
         (block features), ``bits`` ([B, n_selectors]) and ``weighted_bits`` ([B])."""
         feature = image_gradient_feature(x, self.grad_scale) if self.n_selectors else None
-        if self.backend == 'int8' and not self.training:
+        if self.backend == 'int8' and not self.training and not torch.compiler.is_exporting():
             x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's int8 convs work and answer in it
         record = BitRecord(feature, x.shape[0])
         sr, body, feats = self.forward_features(x, record)

@@ -35,9 +35,9 @@ def clip(x, alpha):
     """``clamp(x, -alpha, alpha)`` in a new tensor, ``alpha`` of one element or one per sample (exact either way).
 
     On the CPU a clamp to scalar bounds (per sample) is several times faster than max/min against a tensor;
-    elsewhere max/min avoid reading ``alpha`` back to the host.
+    elsewhere, and in an exported graph (where ``alpha`` is not a number), max/min against ``alpha`` itself.
     """
-    if x.device.type != 'cpu':
+    if x.device.type != 'cpu' or torch.compiler.is_exporting():
         level = torch.maximum(x, -alpha)
         return torch.minimum(level, alpha, out=level)
     bounds = alpha.detach().reshape(-1).tolist()

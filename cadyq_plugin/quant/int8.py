@@ -56,6 +56,10 @@ def quantize_to_codes(x, alpha, q):
     ``level + 128`` as uint8 is ``int8(level)`` with the sign bit flipped, which is cheaper than adding 128.
     """
     level = rounded_level(x, alpha, q)
+    if torch.compiler.is_exporting():
+        value = level / q * alpha
+        value.int8_codes = ((level + ZERO_POINT).to(torch.uint8), alpha, q)
+        return value
     codes = level.to(torch.int8).view(torch.uint8).bitwise_xor_(0x80)
     return QuantizedActivation(codes, alpha, q, level)
 
@@ -161,6 +165,11 @@ class Int8ConvKernel:
         return (conv.weight.data_ptr(), conv.weight._version, conv.weight.device, conv.w_bits)
 
     def weight(self, conv):
+        if torch.compiler.is_exporting():  # the graph gets the levels made by an eager forward as constants
+            if self._weight is None:
+                raise Int8BackendError('run the network once in eval mode before exporting it (the int8 weights '
+                                       'are made on the first forward)')
+            return self._weight
         key = self._cache_key(conv)
         if key != self._key:
             self._weight, self._key = PackedWeight(*weight_levels(conv.weight, conv.w_bits)), key
@@ -179,14 +188,15 @@ class Int8ConvKernel:
         if conv.padding_mode != 'zeros':
             raise Int8BackendError(f'backend int8 supports zero padding only, got padding_mode={conv.padding_mode!r}')
         weight = self.weight(conv)
+        if torch.compiler.is_exporting() and hasattr(x, 'int8_codes'):
+            codes, alpha, q = x.int8_codes
+            acc = conv_integer(codes, weight.levels, list(conv.stride), list(conv.padding), list(conv.dilation),
+                               conv.groups)
+            out = acc.to(torch.float32) * (alpha / q * weight.step).view(-1, 1, 1, 1)
+            return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
         if not isinstance(x, QuantizedActivation):
             return conv._conv_forward(x, weight.float_weight(), conv.bias)
         step = x.sample_step()
-        if torch.compiler.is_exporting():
-            acc = conv_integer(x.codes, weight.levels, list(conv.stride), list(conv.padding), list(conv.dilation),
-                               conv.groups)
-            out = acc.to(torch.float32) * (step * weight.step).view(-1, 1, 1, 1)
-            return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
         if step.numel() == 1 or bool((step == step[0]).all()):  # one scale for the batch: fused into the conv
             return self._onednn(conv, x.codes, weight, (step[0] * weight.step).expand(conv.out_channels), conv.bias)
         out = self._onednn(conv, x.codes, weight, weight.step.expand(conv.out_channels), None)

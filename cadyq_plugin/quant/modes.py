@@ -81,8 +81,14 @@ def set_backend(net, backend):
     for module in net.modules():
         if isinstance(module, (PAMSQuant, BitSelector)):
             module.int8_codes = None
-    for module in net.modules():
-        if isinstance(module, QConv2d):
-            module.int8_kernel = Int8ConvKernel() if backend == 'int8' else None
-            if backend == 'int8' and module.input_quantizer is not None:
-                module.input_quantizer.int8_codes = quantize_to_codes
+    for name, module in net.named_modules():
+        if not isinstance(module, QConv2d):
+            continue
+        module.int8_kernel = Int8ConvKernel() if backend == 'int8' else None
+        quantizer = module.input_quantizer
+        if backend == 'int8' and quantizer is not None:
+            bits = max(quantizer.bits) if isinstance(quantizer, BitSelector) else quantizer.bits
+            if module.w_bits > 8 or bits > 8:
+                raise ValueError(f'backend int8: {name} has w_bits={module.w_bits} and input bits up to {bits}; '
+                                 'both must be <= 8')
+            quantizer.int8_codes = quantize_to_codes
