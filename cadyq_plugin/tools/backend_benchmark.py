@@ -42,7 +42,7 @@ class OnnxNetwork:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         self.session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-        self.upscale = upscale
+        self.path, self.upscale = path, upscale
         self.training = False
 
     def __call__(self, x, return_aux=False):
@@ -123,13 +123,21 @@ def time_split(net, run, repeats=1):
     quantizers (selector statistics included); ``other`` is the rest (activations, skips, pixel shuffle,
     upsampling, the image feature, tiling)."""
     spent, started, handles = collections.defaultdict(float), {}, []
+
+    def start_clock(module, args):
+        started[id(module)] = time.perf_counter()
+
+    def stop_clock(kind):
+
+        def hook(module, args, output):
+            spent[kind] += time.perf_counter() - started[id(module)]
+
+        return hook
+
     for module in net.modules():
         kind = layer_type(module)
-        if kind is None:
-            continue
-        handles.append(module.register_forward_pre_hook(lambda m, args: started.__setitem__(id(m), time.perf_counter())))
-        handles.append(module.register_forward_hook(
-            lambda m, args, out, kind=kind: spent.__setitem__(kind, spent[kind] + time.perf_counter() - started[id(m)])))
+        if kind is not None:
+            handles += [module.register_forward_pre_hook(start_clock), module.register_forward_hook(stop_clock(kind))]
     try:
         run()
         spent.clear()
@@ -162,7 +170,7 @@ def checkpoint_sizes(nets, workdir):
     sizes['quantized conv weights, int8'] = sum(m.weight.numel() + 4 for m in convs)
     for name in ('ort_fp32', 'ort_int8'):
         if name in nets:
-            sizes[f'ONNX {name[4:]}'] = os.path.getsize(nets[name].session._model_path)
+            sizes[f'ONNX {name[4:]}'] = os.path.getsize(nets[name].path)
     return sizes
 
 
