@@ -4,6 +4,7 @@ import torch.nn as nn
 
 from cadyq_plugin.quant.act_quant import NoQuant, PAMSQuant
 from cadyq_plugin.quant.bit_selector import BitSelector, check_candidate_bits
+from cadyq_plugin.quant.int8 import Int8ConvKernel, check_backend, quantize_to_codes
 from cadyq_plugin.quant.weight_quant import QConv2d
 
 QUANT_MODES = ('fp', 'pams', 'cadyq')
@@ -76,7 +77,6 @@ def set_backend(net, backend):
     """Choose how the quantized convs of ``net`` execute in eval mode: ``fake`` (float simulation) or ``int8``
     (integer convolutions, same results). Works on any network whose :class:`QConv2d` name their input quantizer
     (``feed_from``): those quantizers emit integer codes, every other module is left as it is."""
-    from cadyq_plugin.quant.int8 import Int8ConvKernel, check_backend, quantize_to_codes
     check_backend(backend)
     for module in net.modules():
         if isinstance(module, (PAMSQuant, BitSelector)):
@@ -86,7 +86,7 @@ def set_backend(net, backend):
             continue
         module.int8_kernel = Int8ConvKernel() if backend == 'int8' else None
         quantizer = module.input_quantizer
-        if backend == 'int8' and quantizer is not None:
+        if backend == 'int8' and isinstance(quantizer, (PAMSQuant, BitSelector)):
             bits = max(quantizer.bits) if isinstance(quantizer, BitSelector) else quantizer.bits
             if module.w_bits > 8 or bits > 8:
                 raise ValueError(f'backend int8: {name} has w_bits={module.w_bits} and input bits up to {bits}; '

@@ -175,22 +175,29 @@ def checkpoint_sizes(nets, workdir):
 
 
 def peak_memory_mib(arch, variant, setting):
-    """Peak RSS growth (MiB) of one call of one variant, measured in a fresh process (RSS peaks never go down)."""
+    """Peak RSS growth (MiB) of one call of one variant, measured in a fresh process."""
     out = subprocess.run([sys.executable, '-m', 'cadyq_plugin.tools.backend_benchmark', '--peak', arch, variant,
                           setting], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _peak_child(arch, variant, setting):
-    import resource
+def _status_kib(field):
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ':'))
 
+
+def _peak_child(arch, variant, setting):
+    """Linux: the peak RSS (VmHWM) is reset to the current RSS right before the call, so the growth is the
+    call's alone (``ru_maxrss`` would carry the parent's peak across ``exec``)."""
     from cadyq_plugin.inference import super_resolve
     lr, patchwise = SETTINGS[setting]
     with tempfile.TemporaryDirectory() as workdir:
         net = build_variants(arch, lr, workdir, (variant,))[variant]
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = _status_kib('VmRSS')
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
         super_resolve(net, lr, patchwise)
-        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+        print((_status_kib('VmHWM') - before) / 1024)
 
 
 def _lr(height, width):
