@@ -19,6 +19,9 @@ setup(
         'scikit-image',
         'tqdm',
     ],
-    extras_require={'test': ['pytest']},
+    extras_require={
+        'onnx': ['onnx', 'onnxscript', 'onnxruntime'],
+        'test': ['pytest', 'onnx', 'onnxscript', 'onnxruntime'],
+    },
     entry_points={'console_scripts': ['basicsr = cadyq_plugin.cli:main']},
 )

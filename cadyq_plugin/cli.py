@@ -1,6 +1,6 @@
 """The ``basicsr`` command: the plugin's ``train`` / ``test`` pipelines (:mod:`cadyq_plugin.train`,
-:mod:`cadyq_plugin.test`), plus ``bitops`` and ``convert``. Experiments, results and TensorBoard logs land under
-the current directory."""
+:mod:`cadyq_plugin.test`), plus ``bitops``, ``convert``, ``infer`` and ``export``. Experiments, results and
+TensorBoard logs land under the current directory."""
 import os
 import sys
 
@@ -11,6 +11,9 @@ commands:
   test     -opt X.yml [--skip-missing] [--force_yml k=v ...]   (--force_yml datasets:test_N=~ removes a test set)
   bitops   -opt X.yml [--hr-size 1280x720] [--fab F]
   convert  SRC DST --arch EDSR_CADyQ --quant-mode cadyq [--scale 4] [--trusted] [--overwrite]
+  infer    (--arch A | -opt X.yml) --model M.pth -i IN -o OUT [--patch 96 --step 90 --batch 16]
+           [--backend fake|int8] [--overwrite]
+  export   (--arch A | -opt X.yml) --model M.pth [OUT.pth] [--onnx OUT.onnx] [--overwrite]
 """
 
 
@@ -87,6 +90,12 @@ def main(argv=None):
     if command == 'convert':
         from cadyq_plugin.tools.convert_cli import main as convert_main
         return convert_main(rest)
+    if command == 'infer':
+        from cadyq_plugin.tools.infer_cli import main as infer_main
+        return infer_main(rest)
+    if command == 'export':
+        from cadyq_plugin.tools.export_cli import main as export_main
+        return export_main(rest)
     print(f'basicsr: unknown command {command!r}\n\n{USAGE}', file=sys.stderr)
     return 2
 

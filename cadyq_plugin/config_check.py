@@ -289,6 +289,8 @@ def _resolve_network(net_opt, key, problems):
     if not _is_count(resolved.get('calib_iters'), 0):
         problems.add(f'{key}.calib_iters', resolved.get('calib_iters'), 'expected an integer >= 0 (calibration '
                      'iterations; 0 keeps the loaded ranges)')
+    if resolved.get('backend', 'fake') not in ('fake', 'int8'):
+        problems.add(f'{key}.backend', resolved.get('backend'), "expected 'fake' or 'int8'")
     if not _is_int(resolved.get('upscale')) or resolved.get('upscale') < 1:
         problems.add(f'{key}.upscale', resolved.get('upscale'), 'expected a positive integer')
     return resolved

@@ -3,7 +3,8 @@
 import torch
 import torch.nn as nn
 
-from cadyq_plugin.quant import ActQuantFactory, BitRecord, assign_selector_indices, image_gradient_feature
+from cadyq_plugin.quant import ActQuantFactory, BitRecord, assign_selector_indices, image_gradient_feature, set_backend
+from cadyq_plugin.quant.int8 import check_backend
 
 
 class CADyQNet(nn.Module):
@@ -11,12 +12,17 @@ class CADyQNet(nn.Module):
 
     Subclasses build their layers with ``self.quant`` (an :class:`ActQuantFactory`), call
     :meth:`finish_build` at the end of ``__init__`` and implement ``forward_features(x, record)`` returning
-    ``(sr, body, feats)`` for an input in [0, 1].
+    ``(sr, body, feats)`` for an input in [0, 1]. ``backend`` (``fake`` | ``int8``) is how the quantized convs
+    run in eval mode (:func:`~cadyq_plugin.quant.set_backend`); training always runs the fake path.
     """
 
-    def __init__(self, upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale):
+    def __init__(self, upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend='fake'):
         super().__init__()
         self.quant = ActQuantFactory(quant_mode, w_bits, a_bits, bits)
+        self.backend = check_backend(backend)
+        if backend == 'int8' and quant_mode == 'fp':
+            raise ValueError("backend 'int8' needs quant_mode 'pams' or 'cadyq' (an fp network has no quantized "
+                             'convs to run in integers)')
         self.upscale = upscale
         self.quant_mode = quant_mode
         self.calib_iters = int(calib_iters)
@@ -31,11 +37,14 @@ class CADyQNet(nn.Module):
 
     def finish_build(self):
         self.n_selectors = assign_selector_indices(self)
+        set_backend(self, self.backend)
 
     def forward(self, x, return_aux=False):
         """Return the SR image; with ``return_aux`` also a dict with ``body`` (the tail's input), ``feats``
         (block features), ``bits`` ([B, n_selectors]) and ``weighted_bits`` ([B])."""
         feature = image_gradient_feature(x, self.grad_scale) if self.n_selectors else None
+        if self.backend == 'int8' and not self.training and not torch.compiler.is_exporting():
+            x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's int8 convs work and answer in it
         record = BitRecord(feature, x.shape[0])
         sr, body, feats = self.forward_features(x, record)
         if not return_aux:

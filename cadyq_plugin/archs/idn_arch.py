@@ -93,8 +93,9 @@ class IDN_CADyQ(CADyQNet):
                  a_bits=8,
                  bits=(4, 6, 8),
                  calib_iters=1000,
-                 grad_scale=1e3):
-        super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale)
+                 grad_scale=1e3,
+                 backend='fake'):
+        super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend)
         if num_feat % s or num_feat // s != d:
             raise ValueError(f'IDN needs num_feat / s == d (the kept slice fills the bottom unit\'s extra d '
                              f'channels), got num_feat={num_feat}, d={d}, s={s}')

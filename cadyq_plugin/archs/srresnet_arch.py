@@ -65,8 +65,9 @@ class SRResNet_CADyQ(CADyQNet):
                  a_bits=8,
                  bits=(4, 6, 8),
                  calib_iters=1000,
-                 grad_scale=1e3):
-        super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale)
+                 grad_scale=1e3,
+                 backend='fake'):
+        super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend)
         self.img_range = img_range
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 9, 1, 4, bias=False)
         self.act = nn.PReLU()

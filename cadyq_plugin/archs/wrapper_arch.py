@@ -23,9 +23,9 @@ from cadyq_plugin.archs.wrapper_hooks import ForwardState, InputHook, OutputHook
 from cadyq_plugin.archs.wrapper_placement import Placement, resolve_placement, trace_problems
 from cadyq_plugin.archs.wrapper_presets import PRESETS, default_patterns
 from cadyq_plugin.archs.wrapper_trace import Trace, trace_backbone
-from cadyq_plugin.quant import BitSelector, QConv2d
+from cadyq_plugin.quant import BitSelector, QConv2d, set_backend
+from cadyq_plugin.quant.int8 import BACKENDS
 
-BACKENDS = ('fake',)
 TRACE_SIZE = 16  # LR side of the traced forward pass (rounded up to a multiple of pad_to)
 
 
@@ -212,7 +212,7 @@ class CADyQWrapper(CADyQNet):
         body (dict): ``{input: module}`` or ``{output: module}``: the tail's input (distillation).
         pad_to (int): the input is padded (right, bottom) to a multiple of this and the output cropped (SwinIR:
             its window size).
-        backend (str): ``fake`` (float simulation of the quantized network).
+        backend (str): ``fake`` (float simulation) or ``int8`` (eval: quantized convs as integer convolutions).
     """
 
     def __init__(self,
@@ -232,9 +232,8 @@ class CADyQWrapper(CADyQNet):
                  body=None,
                  pad_to=None):
         plan = plan_wrapper(backbone, upscale, quantize, act_quant, keep_fp, features, body, pad_to, backend)
-        super().__init__(plan.upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale)
+        super().__init__(plan.upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend)
         self.arch_type = backbone['type']
-        self.backend = backend
         self.pad_to = plan.pad_to
         self.state = ForwardState()
         self._adopt(plan.net)
@@ -277,6 +276,7 @@ class CADyQWrapper(CADyQNet):
         for index, selector in enumerate(selectors):
             selector.index = index
         self.n_selectors = len(selectors)
+        set_backend(self, self.backend)
 
     def train(self, mode=True):
         """Also set the backbone's own flag (a plain attribute here, which its forward may read)."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from cadyq_plugin.quant import BitSelector
+from cadyq_plugin.quant import BitSelector, set_backend
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ def _layer_macs(module, inputs, output):
 def count_layer_macs(net, lr_height, lr_width, in_channels=3):
     """MACs of every conv and linear layer of ``net`` for one ``[1, in_channels, lr_height, lr_width]`` input."""
     meta_net = copy.deepcopy(net).to('meta').eval()
+    set_backend(meta_net, 'fake')  # shapes only: the int8 backend's integer convs do not run on 'meta'
     selector_fcs = {id(m.fc) for m in meta_net.modules() if isinstance(m, BitSelector)}
     layers = []
 

@@ -16,21 +16,42 @@ def levels(bits):
     return 2**(bits - 1) - 1
 
 
-def quantized_level(x, alpha, q, clip_range=True):
-    """``round(clamp(x, -alpha, alpha) / alpha * q) / q`` in a new tensor (``x`` is left alone); the quantized
-    value is ``level * alpha``.
+def rounded_level(x, alpha, q, clip_range=True):
+    """``round(clamp(x, -alpha, alpha) / alpha * q)`` in a new tensor (``x`` is left alone): the integer level
+    ``-q..q`` of the quantized value ``level / q * alpha``, as float.
 
     The reference's operation order, computed in place on one buffer: on the CPU every large allocation costs
     about as much as the arithmetic, so one buffer instead of six makes the quantizer several times faster.
-    Clipping uses max/min (exact; tensor-bound ``clamp`` has a slow CPU path).
+    The int8 backend turns these levels into integer codes, so both backends round every value identically.
     """
     if clip_range:
-        level = torch.maximum(x, -alpha)
-        torch.minimum(level, alpha, out=level)
-        level.div_(alpha)
+        level = clip(x, alpha).div_(alpha)
     else:
         level = x / alpha
-    return level.mul_(q).round_().div_(q)
+    return level.mul_(q).round_()
+
+
+def clip(x, alpha):
+    """``clamp(x, -alpha, alpha)`` in a new tensor, ``alpha`` of one element or one per sample (exact either way).
+
+    On the CPU a clamp to scalar bounds (per sample) is several times faster than max/min against a tensor;
+    elsewhere, and in an exported graph (where ``alpha`` is not a number), max/min against ``alpha`` itself.
+    """
+    if x.device.type != 'cpu' or torch.compiler.is_exporting():
+        level = torch.maximum(x, -alpha)
+        return torch.minimum(level, alpha, out=level)
+    bounds = alpha.detach().reshape(-1).tolist()
+    if len(bounds) == 1:
+        return torch.clamp(x, -bounds[0], bounds[0])
+    level = torch.empty_like(x)
+    for sample, bound in enumerate(bounds):
+        torch.clamp(x[sample], -bound, bound, out=level[sample])
+    return level
+
+
+def quantized_level(x, alpha, q, clip_range=True):
+    """``rounded_level(...) / q`` in a new tensor; the quantized value is ``level * alpha``."""
+    return rounded_level(x, alpha, q, clip_range).div_(q)
 
 
 class _PAMSQuantize(torch.autograd.Function):
@@ -84,6 +105,8 @@ class PAMSQuant(nn.Module):
 
     While ``calibrating`` (set by the model for the first ``calib_iters`` training iterations) it does not clip:
     ``alpha`` is set to the batch-mean of the per-sample maximum of ``|x|`` and used as the quantization scale.
+    ``int8_codes`` (set by the int8 backend on quantizers that feed a conv) replaces the float output in eval
+    mode by integer codes, ``int8_codes(x, alpha, q)``.
     """
 
     def __init__(self, bits=8, alpha_init=10.0):
@@ -93,8 +116,11 @@ class PAMSQuant(nn.Module):
         self.register_buffer('max_val', torch.tensor(1.0))
         self.register_buffer('q', torch.tensor(float(levels(bits))), persistent=False)
         self.calibrating = False
+        self.int8_codes = None
 
     def forward(self, x, record=None):
+        if self.int8_codes is not None and not self.training:
+            return self.int8_codes(x, self.alpha, self.q)
         calibrate = self.training and self.calibrating
         if calibrate:
             self.max_val.copy_(batch_max_abs(x))

@@ -58,10 +58,26 @@ class _SelectQuantize(torch.autograd.Function):
 
 
 def layer_std(x):
-    """Unbiased std over H, W per sample and channel, ``[B, C]`` (two-pass; torch.std is slow on the CPU)."""
-    flat = x.detach().flatten(2)
+    """Unbiased std over H, W per sample and channel, ``[B, C]`` (two-pass; torch.std is slow on the CPU).
+
+    A channels-last ``x`` (the int8 backend's layout) is reduced as ``[B, H*W, C]`` without a layout copy; the
+    result differs from the NCHW reduction only by float round-off.
+    """
+    x = x.detach()
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        flat = x.permute(0, 2, 3, 1).flatten(1, 2)
+        centered = flat - flat.mean(dim=1, keepdim=True)
+        return centered.mul_(centered).sum(dim=1).sqrt_() / _sqrt_count(flat.shape[1] - 1)
+    flat = x.flatten(2)
     centered = flat - flat.mean(dim=2, keepdim=True)
-    return torch.linalg.vector_norm(centered, dim=2) / math.sqrt(flat.shape[2] - 1)
+    return torch.linalg.vector_norm(centered, dim=2) / _sqrt_count(flat.shape[2] - 1)
+
+
+def _sqrt_count(n):
+    """``sqrt(n)`` of a pixel count: a float, or a graph value in an exported graph (where ``n`` is symbolic)."""
+    if torch.compiler.is_exporting():
+        return torch.scalar_tensor(n, dtype=torch.float32).sqrt()
+    return math.sqrt(n)
 
 
 class BitSelector(nn.Module):
@@ -69,7 +85,7 @@ class BitSelector(nn.Module):
 
     The selector sees ``concat(image feature [B, 2], std over H, W of x [B, C])`` and is initialised so that
     every input starts at the largest candidate. ``index`` is this selector's position in forward order,
-    assigned by the architecture.
+    assigned by the architecture. ``int8_codes`` as in :class:`PAMSQuant`, with per-sample ``alpha`` and ``q``.
     """
 
     def __init__(self, channels, bits=(4, 6, 8), alpha_init=10.0):
@@ -85,6 +101,7 @@ class BitSelector(nn.Module):
         self.register_buffer('levels', torch.tensor([float(levels(b)) for b in self.bits]), persistent=False)
         self.index = None
         self.calibrating = False
+        self.int8_codes = None
 
     def forward(self, x, record):
         sigma = layer_std(x)
@@ -98,7 +115,11 @@ class BitSelector(nn.Module):
                 quantizer.max_val.copy_(max_val)
                 quantizer.alpha.data.copy_(max_val.reshape(1))
         alphas = torch.cat([quantizer.alpha for quantizer in self.quantizers])
-        y = _SelectQuantize.apply(x, alphas, self.levels, choice, probs, not calibrate)
+        if self.int8_codes is not None and not self.training:
+            shape = (-1,) + (1,) * (x.dim() - 1)
+            y = self.int8_codes(x, alphas[choice].view(shape), self.levels[choice].view(shape))
+        else:
+            y = _SelectQuantize.apply(x, alphas, self.levels, choice, probs, not calibrate)
         expected = probs @ self.bit_values
         chosen = self.bit_values[choice] + (expected - expected.detach())
         record.add(self.index, chosen, expected)

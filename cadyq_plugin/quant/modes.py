@@ -4,6 +4,7 @@ import torch.nn as nn
 
 from cadyq_plugin.quant.act_quant import NoQuant, PAMSQuant
 from cadyq_plugin.quant.bit_selector import BitSelector, check_candidate_bits
+from cadyq_plugin.quant.int8 import Int8ConvKernel, check_backend, quantize_to_codes
 from cadyq_plugin.quant.weight_quant import QConv2d
 
 QUANT_MODES = ('fp', 'pams', 'cadyq')
@@ -70,3 +71,24 @@ def set_calibration(net, on):
     for module in net.modules():
         if isinstance(module, (PAMSQuant, BitSelector)):
             module.calibrating = bool(on)
+
+
+def set_backend(net, backend):
+    """Choose how the quantized convs of ``net`` execute in eval mode: ``fake`` (float simulation) or ``int8``
+    (integer convolutions, same results). Works on any network whose :class:`QConv2d` name their input quantizer
+    (``feed_from``): those quantizers emit integer codes, every other module is left as it is."""
+    check_backend(backend)
+    for module in net.modules():
+        if isinstance(module, (PAMSQuant, BitSelector)):
+            module.int8_codes = None
+    for name, module in net.named_modules():
+        if not isinstance(module, QConv2d):
+            continue
+        module.int8_kernel = Int8ConvKernel() if backend == 'int8' else None
+        quantizer = module.input_quantizer
+        if backend == 'int8' and isinstance(quantizer, (PAMSQuant, BitSelector)):
+            bits = max(quantizer.bits) if isinstance(quantizer, BitSelector) else quantizer.bits
+            if module.w_bits > 8 or bits > 8:
+                raise ValueError(f'backend int8: {name} has w_bits={module.w_bits} and input bits up to {bits}; '
+                                 'both must be <= 8')
+            quantizer.int8_codes = quantize_to_codes

@@ -174,7 +174,9 @@ def main(argv=None):
     parser.add_argument('--patchwise-image', default=None, help='LR size HxW for the patch-wise test')
     parser.add_argument('--patchwise-batch', type=int, default=None)
     parser.add_argument('--memory-image', default=None, help='LR size HxW of the large-image memory test')
-    parser.add_argument('--skip', nargs='*', default=[], choices=['train', 'infer', 'patchwise', 'memory'])
+    parser.add_argument('--backend-repeats', type=int, default=5, help='repetitions of the backends comparison')
+    parser.add_argument('--skip', nargs='*', default=[],
+                        choices=['train', 'infer', 'patchwise', 'memory', 'backends', 'backend-memory'])
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == 'cuda'
@@ -217,6 +219,9 @@ def main(argv=None):
         out_mib = 3 * 4 * mem_image[0] * mem_image[1] * 16 / 2**20
         print(f'\npeak memory, {arch} patch-wise LR {mem_image[0]}x{mem_image[1]} (batch {pw_batch}): {peak:.0f} MiB '
               f'(the float32 SR output alone is {out_mib:.0f} MiB)')
+    if 'backends' not in args.skip and not cuda:  # eval inference of FP32, fake, int8 and onnxruntime
+        from cadyq_plugin.tools.backend_benchmark import main as backends_main
+        backends_main(args.archs, args.backend_repeats, 'backend-memory' not in args.skip)
     print('\ntargets: ' + ', '.join(f'{k} <= {v}x' for k, v in TARGETS.items()))
     for arch, key, value in failures:
         print(f'MISSED: {arch} {key} {value:.2f}x > {TARGETS[key]}x')
