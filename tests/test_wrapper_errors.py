@@ -10,7 +10,8 @@ import cadyq_plugin  # noqa: F401  (compat shim before anything imports basicsr)
 from basicsr.utils.registry import ARCH_REGISTRY
 from cadyq_plugin.archs import CADyQWrapper
 from cadyq_plugin.archs.wrapper_arch import WrapperConfigError
-from cadyq_plugin.config_check import ConfigError, check_options, read_yml
+from cadyq_plugin.config_check import ConfigError, check_options
+from cadyq_plugin.options import read_yml
 from cadyq_plugin.quant import QConv2d
 from tiny_workspace import OPTIONS
 
