@@ -147,3 +147,31 @@ def test_export_writes_an_int8_checkpoint_and_onnx_graph(tmp_path, capsys):
     assert cli_main(['export', '--arch', 'EDSR_CADyQ', '--quant-mode', 'fp', '--model', str(tmp_path / 'net.pth'),
                      str(tmp_path / 'fp.pth')]) == 1
     assert "needs quant_mode 'pams' or 'cadyq'" in capsys.readouterr().err
+
+
+def test_basicsr_test_models_load_the_int8_checkpoint(tmp_path):
+    """``path.pretrain_network_g`` may be the int8 checkpoint of ``basicsr export`` (network built with backend
+    int8): the model's inference equals that of the int8 network loaded from the float checkpoint."""
+    import cadyq_plugin  # noqa: F401
+    from basicsr.archs import build_network
+    from cadyq_plugin.deploy import save_int8_checkpoint
+    from cadyq_plugin.models import CADyQSRModel
+    small = {'type': 'EDSR_CADyQ', 'num_feat': 8, 'num_block': 1, 'calib_iters': 0}
+    torch.manual_seed(0)
+    float_net = build_network(small)
+    torch.save({'params': float_net.state_dict()}, tmp_path / 'float.pth')
+    int8_net = build_network({**small, 'backend': 'int8'})
+    int8_net.load_state_dict(float_net.state_dict())
+    int8_net.eval()
+    int8_net(torch.rand(1, 3, 8, 8))  # the int8 weights exist after one eval forward
+    save_int8_checkpoint(int8_net, tmp_path / 'int8.pth')
+    outputs = []
+    for name in ('float.pth', 'int8.pth'):
+        opt = {'name': 'unit', 'num_gpu': 0, 'is_train': False, 'dist': False, 'rank': 0, 'world_size': 1,
+               'network_g': {**small, 'backend': 'int8'}, 'path': {'pretrain_network_g': str(tmp_path / name)},
+               'val': {}}
+        model = CADyQSRModel(opt)
+        model.feed_data({'lq': torch.rand(1, 3, 12, 16, generator=torch.Generator().manual_seed(1))})
+        model.test()
+        outputs.append((model.output, model.forwards[0]['bits']))
+    assert torch.equal(outputs[0][0], outputs[1][0]) and torch.equal(outputs[0][1], outputs[1][1])

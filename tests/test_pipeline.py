@@ -250,10 +250,11 @@ def _lr_per_iteration(train_opt):
 def test_the_reference_options_reproduce_the_original_step_schedule(backbone, epochs_per_step):
     """The original steps StepLR(step_size) at the start of every 1000-iteration epoch, so iteration i runs at
     ``lr0 * 0.5 ** (ceil(i / 1000) // step_size)``: every iteration of the run is checked against that formula.
-    The PAMS and CADyQ stages of every backbone share one of the two schedules checked here."""
+    The PAMS and CADyQ stages of every backbone (the wrapped BasicSR networks too) share one of the two schedules
+    checked here."""
     stages = [read_yml(os.path.join(OPTIONS, f'train_{b}_{s}.yml'))['train']
-              for b in (['carn'] if backbone == 'carn' else ['edsrbaseline', 'idn', 'srresnet']) for s in ('pams',
-                                                                                                       'cadyq')]
+              for b in (['carn'] if backbone == 'carn' else ['edsrbaseline', 'idn', 'srresnet', 'msrresnet', 'rrdbnet',
+                                                              'rcan', 'swinir']) for s in ('pams', 'cadyq')]
     keys = ('scheduler', 'total_iter')
     assert all({k: t[k] for k in keys} == {k: stages[0][k] for k in keys} for t in stages)
     lr0 = [stages[0]['optim_g']['lr'], stages[0]['optim_alpha']['lr']]

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from cadyq_plugin.archs.cadyq_net import CADyQNet
 from cadyq_plugin.checkpoint import CheckpointError, extract_state_dict, load_checkpoint, save_with_retry
+from cadyq_plugin.deploy import INT8_KEY, load_int8_state_dict
 from cadyq_plugin.distributed import get_dist_info, wrap_model
 from cadyq_plugin.inference import super_resolve
 from cadyq_plugin.metrics import MACCounter
@@ -64,10 +65,15 @@ class CADyQSRModel(SRModel):
         return wrap_model(net, self.opt, self.device)
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
-        """``weights_only`` loading; stage-aware and always strict for CADyQ archs (see the module doc)."""
+        """``weights_only`` loading; stage-aware and always strict for CADyQ archs (see the module doc); an int8
+        deployment checkpoint (``basicsr export``) into a network built with ``backend: int8``."""
         net = self.get_bare_model(net)
         checkpoint = load_checkpoint(load_path)
         logger = get_root_logger()
+        if isinstance(checkpoint, dict) and INT8_KEY in checkpoint:  # `basicsr export`'s deployment checkpoint
+            load_int8_state_dict(net, checkpoint[INT8_KEY], load_path)
+            logger.info(f'Loaded {type(net).__name__} from the int8 checkpoint {load_path}')
+            return
         if isinstance(net, CADyQNet):
             state_dict = extract_state_dict(checkpoint, load_path, keys=(param_key, 'params'))
             initial = load_stage_weights(net, state_dict, f'checkpoint {load_path!r}')
