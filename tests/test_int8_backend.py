@@ -198,3 +198,20 @@ def test_bitops_and_generic_modules_of_an_int8_network():
         assert (conv(quant(x, BitRecord(None, 2))) - reference).abs().max() < 1e-5
         set_backend(net, 'fake')
         assert conv.int8_kernel is None and quant.int8_codes is None
+
+
+@pytest.mark.parametrize('backbone', [
+    {'type': 'MSRResNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 16, 'num_block': 2, 'upscale': 4},
+    {'type': 'RCAN', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 16, 'num_group': 1, 'num_block': 2,
+     'squeeze_factor': 4, 'upscale': 4},
+])
+def test_the_wrapper_runs_the_int8_backend_too(backbone, photos):
+    """A CADyQWrapper network (any BasicSR arch) gets the same integer execution: its quantized convs run as
+    oneDNN integer convolutions and reproduce the fake path as the hand-written archs do."""
+    batch = torch.cat([photos[name][0] for name in PHOTOS])
+    fake, int8 = network_pair('CADyQWrapper', 'cadyq', batch, backbone=backbone)
+    assert all(m.int8_kernel is not None for m in int8.modules() if isinstance(m, QConv2d))
+    fake_sr, fake_aux, int8_sr, int8_aux, stats = compare_layers(fake, int8, batch)
+    assert torch.equal(int8_aux['bits'], fake_aux['bits'])
+    assert_rare_single_level(stats)
+    assert (int8_sr - fake_sr).abs().max() * 255 < 1e-3

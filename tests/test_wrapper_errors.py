@@ -158,7 +158,7 @@ def test_bad_act_quant_entries(entry, fragment):
 
 def test_scale_backend_and_pad_to_are_checked():
     one_problem('upscale = 3: expected 2 like the backbone (WrapperTestNet)', **dict(GOOD, upscale=3))
-    one_problem("backend = 'int8': expected one of ['fake']", **dict(GOOD, backend='int8'))
+    one_problem("backend = 'vulkan': expected one of ['fake', 'int8']", **dict(GOOD, backend='vulkan'))
     one_problem('pad_to = 0: expected a positive integer', **dict(GOOD, pad_to=0))
 
 
