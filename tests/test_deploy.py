@@ -152,7 +152,6 @@ def test_export_writes_an_int8_checkpoint_and_onnx_graph(tmp_path, capsys):
 def test_basicsr_test_models_load_the_int8_checkpoint(tmp_path):
     """``path.pretrain_network_g`` may be the int8 checkpoint of ``basicsr export`` (network built with backend
     int8): the model's inference equals that of the int8 network loaded from the float checkpoint."""
-    import cadyq_plugin  # noqa: F401
     from basicsr.archs import build_network
     from cadyq_plugin.deploy import save_int8_checkpoint
     from cadyq_plugin.models import CADyQSRModel

@@ -350,13 +350,13 @@ def test_a_failing_save_stops_the_run_naming_the_file_and_keeps_the_earlier_chec
             exp = experiment_dir(tmp_path)
             wait_for(lambda: os.path.isfile(os.path.join(exp, 'training_states', '3.state')), run)
             subprocess.run(['dd', 'if=/dev/zero', f'of={experiments}/filler', 'bs=64k'], capture_output=True)
-            out, err = run.communicate(timeout=300)
+            _, err = run.communicate(timeout=300)
             returncode = run.returncode
         else:
             errno_name = 'ENOSPC' if fault == 'disk_full' else 'EROFS'
             env = {'CADYQ_TEST_FAIL_WRITES_AFTER': '1', 'CADYQ_TEST_ERRNO': errno_name}
             proc = _run_with_failing_writes(opt, tmp_path, env)
-            out, err, returncode = proc.stdout, proc.stderr, proc.returncode
+            err, returncode = proc.stderr, proc.returncode
             exp = experiment_dir(tmp_path)
         reason = 'No space left on device' if fault == 'disk_full' else 'Read-only file system'
         assert returncode == 1, err[-3000:]

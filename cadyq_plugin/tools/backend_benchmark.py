@@ -16,6 +16,8 @@ import time
 import torch
 import torch.nn as nn
 
+from cadyq_plugin.tools.benchmark import interleaved_median
+
 VARIANTS = ('fp32_nchw', 'fp32_cl', 'fake_pams', 'fake_cadyq', 'int8_pams', 'int8_cadyq', 'ort_fp32', 'ort_int8')
 # CADyQ int8 time as a fraction of FP32 (per backbone) and of our fake-quant CADyQ (every backbone)
 FP32_TARGETS = {'EDSR_CADyQ': 0.75, 'SRResNet_CADyQ': 0.75, 'IDN_CADyQ': 0.6}
@@ -89,20 +91,6 @@ def build_variants(arch, lr, workdir, variants=VARIANTS):
             export_onnx(source, path)
             nets[name] = OnnxNetwork(path, fp.upscale)
     return {name: nets[name] for name in variants}
-
-
-def interleaved_median(functions, repeats, warmup=1):
-    """Median seconds per call of each function, calling them in turn ``repeats`` times after ``warmup`` calls."""
-    for fn in functions.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, fn in functions.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
 
 
 def layer_type(module):
@@ -219,7 +207,8 @@ def bench_backbone(arch, repeats, memory):
         report['sizes'] = checkpoint_sizes(nets, workdir)
         for setting, (lr, patchwise) in SETTINGS.items():
             runs = {name: (lambda net=net: super_resolve(net, lr, patchwise)) for name, net in nets.items()}
-            times = interleaved_median(runs, repeats if patchwise is None else max(1, repeats // 2))
+            times = interleaved_median(runs, repeats if patchwise is None else max(1, repeats // 2), 1,
+                                       torch.device('cpu'))
             splits = {name: time_split(nets[name], runs[name]) for name in ('fp32_nchw', 'fake_cadyq', 'int8_cadyq')}
             peaks = {name: peak_memory_mib(arch, name, setting) for name in nets} if memory and not patchwise else {}
             report[setting] = (times, splits, peaks)
