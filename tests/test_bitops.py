@@ -1,6 +1,9 @@
 """MAC counting, BitOPs and FAB against SPEC §5's reference numbers and an independent counter."""
+import os
+
 import pytest
 import torch
+from tiny_workspace import OPTIONS
 
 import cadyq_plugin  # noqa: F401
 from cadyq_plugin.archs import EDSR_CADyQ
@@ -72,7 +75,7 @@ def test_avg_bit_needs_quantized_activations():
 
 
 def test_bitops_command_prints_the_reference_numbers(capsys):
-    assert cli_main(['bitops', '-opt', 'options/train_edsrbaseline_cadyq.yml', '--fab', '6']) == 0
+    assert cli_main(['bitops', '-opt', os.path.join(OPTIONS, 'train_edsrbaseline_cadyq.yml'), '--fab', '6']) == 0
     out = capsys.readouterr().out
     assert 'BitOPs FP        :   114.23 G' in out
     assert 'BitOPs W8A8      :    50.53 G' in out

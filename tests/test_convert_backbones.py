@@ -11,6 +11,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from cadyq_plugin.checkpoint import CheckpointError
 from cadyq_plugin.convert import convert_state_dict
 
+build_arch = ARCH_REGISTRY.get  # an arch class by its registered name
 KEYS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'reference', 'state_dict_keys')
 BACKBONES = {'carn': 'CARN_CADyQ', 'idn': 'IDN_CADyQ', 'srresnet': 'SRResNet_CADyQ'}
 STAGES = ('fp', 'pams', 'cadyq')
@@ -44,7 +45,7 @@ def fake_original(backbone, stage, seed=0):
 @pytest.mark.parametrize('backbone', sorted(BACKBONES))
 def test_original_layout_converts_and_loads_strictly(backbone, stage):
     arch = BACKBONES[backbone]
-    net = ARCH_REGISTRY.get(arch)(quant_mode=stage)
+    net = build_arch(arch)(quant_mode=stage)
     state = fake_original(backbone, stage)
     converted, layout = convert_state_dict(state, net, arch, stage, 4)
     assert layout == 'original'
@@ -62,7 +63,7 @@ def test_original_layout_converts_and_loads_strictly(backbone, stage):
 
 def test_known_mappings():
     state = fake_original('carn', 'cadyq')
-    net = ARCH_REGISTRY.get('CARN_CADyQ')()
+    net = build_arch('CARN_CADyQ')()
     converted, _ = convert_state_dict(state, net, 'CARN_CADyQ', 'cadyq', 4)
     assert torch.equal(converted['body.1.blocks.2.conv2.weight'], state['b2.b3.body.4.weight'])
     assert torch.equal(converted['body.2.blocks.0.quant_mid.quantizers.2.alpha'],
@@ -73,14 +74,15 @@ def test_known_mappings():
     assert torch.equal(converted['conv_first.weight'], state['entry.weight'])
 
     state = fake_original('idn', 'cadyq')
-    converted, _ = convert_state_dict(state, ARCH_REGISTRY.get('IDN_CADyQ')(), 'IDN_CADyQ', 'cadyq', 4)
+    converted, _ = convert_state_dict(state, build_arch('IDN_CADyQ')(), 'IDN_CADyQ', 'cadyq', 4)
     assert torch.equal(converted['body.3.bottom.conv2.weight'], state['dblocks.3.enhancement_bottom.4.weight'])
     assert torch.equal(converted['body.0.top.quant3.fc.weight'],
                        state['dblocks.0.enhancement_top.6.net_small.0.weight'])
     assert torch.equal(converted['fblock.quant2.alpha'], state['fblock.module.3.alpha'])
 
     state = fake_original('srresnet', 'pams')
-    converted, _ = convert_state_dict(state, ARCH_REGISTRY.get('SRResNet_CADyQ')(quant_mode='pams'), 'SRResNet_CADyQ', 'pams', 4)
+    net = build_arch('SRResNet_CADyQ')(quant_mode='pams')
+    converted, _ = convert_state_dict(state, net, 'SRResNet_CADyQ', 'pams', 4)
     assert torch.equal(converted['body.5.quant_in.alpha'], state['body.5.quant_act1.alpha'])
     assert torch.equal(converted['body.5.quant_mid.alpha'], state['body.5.quant_act2.alpha'])
     assert torch.equal(converted['conv_after_body.weight'], state['body.16.weight'])
@@ -92,7 +94,7 @@ def test_known_mappings():
 @pytest.mark.parametrize('scale', [2, 3])
 def test_carn_keeps_only_the_requested_scale_branch(scale):
     state = fake_original('carn', 'fp')
-    net = ARCH_REGISTRY.get('CARN_CADyQ')(upscale=scale, quant_mode='fp')
+    net = build_arch('CARN_CADyQ')(upscale=scale, quant_mode='fp')
     converted, _ = convert_state_dict(state, net, 'CARN_CADyQ', 'fp', scale)
     net.load_state_dict(converted, strict=True)
     assert torch.equal(converted['upsample.0.weight'], state[f'upsample.up{scale}.body.0.weight'])
@@ -103,7 +105,8 @@ def test_wrong_stage_is_refused_with_the_differences(backbone):
     arch = BACKBONES[backbone]
     for stage, target in (('fp', 'pams'), ('pams', 'cadyq'), ('cadyq', 'pams'), ('pams', 'fp')):
         with pytest.raises(CheckpointError) as err:
-            convert_state_dict(fake_original(backbone, stage), ARCH_REGISTRY.get(arch)(quant_mode=target), arch, target, 4)
+            convert_state_dict(fake_original(backbone, stage), build_arch(arch)(quant_mode=target), arch, target,
+                               4)
         message = str(err.value)
         assert f'quant_mode={target}' in message
         assert 'missing key' in message or 'unexpected key' in message
@@ -113,9 +116,10 @@ def test_wrong_stage_is_refused_with_the_differences(backbone):
 def test_wrong_backbone_is_refused():
     for backbone, arch in (('carn', 'IDN_CADyQ'), ('idn', 'SRResNet_CADyQ'), ('srresnet', 'CARN_CADyQ')):
         with pytest.raises(CheckpointError, match='not a known'):
-            convert_state_dict(fake_original(backbone, 'fp'), ARCH_REGISTRY.get(arch)(quant_mode='fp'), arch, 'fp', 4)
+            convert_state_dict(fake_original(backbone, 'fp'), build_arch(arch)(quant_mode='fp'), arch, 'fp', 4)
     with pytest.raises(CheckpointError) as err:  # EDSR and SRResNet share the head.0 marker: the keys differ
-        convert_state_dict(fake_original('srresnet', 'fp'), ARCH_REGISTRY.get('EDSR_CADyQ')(quant_mode='fp'), 'EDSR_CADyQ', 'fp', 4)
+        convert_state_dict(fake_original('srresnet', 'fp'), build_arch('EDSR_CADyQ')(quant_mode='fp'), 'EDSR_CADyQ',
+                           'fp', 4)
     assert 'unexpected key' in str(err.value)
 
 
@@ -123,9 +127,9 @@ def test_inconsistent_values_are_refused():
     state = fake_original('carn', 'fp')
     state['sub_mean.shifter.bias'] = -CARN_MEAN * 255  # EDSR's scale, not what CARN subtracts
     with pytest.raises(CheckpointError, match='sub_mean.shifter.bias is not the mean shift'):
-        convert_state_dict(state, ARCH_REGISTRY.get('CARN_CADyQ')(quant_mode='fp'), 'CARN_CADyQ', 'fp', 4)
+        convert_state_dict(state, build_arch('CARN_CADyQ')(quant_mode='fp'), 'CARN_CADyQ', 'fp', 4)
 
     state = fake_original('srresnet', 'cadyq')
     state['body.7.act.weight'] = state['head.1.weight'] + 1  # the one shared PReLU cannot hold two values
     with pytest.raises(CheckpointError, match='shared tensor'):
-        convert_state_dict(state, ARCH_REGISTRY.get('SRResNet_CADyQ')(), 'SRResNet_CADyQ', 'cadyq', 4)
+        convert_state_dict(state, build_arch('SRResNet_CADyQ')(), 'SRResNet_CADyQ', 'cadyq', 4)

@@ -360,8 +360,8 @@ def test_a_failing_save_stops_the_run_naming_the_file_and_keeps_the_earlier_chec
             exp = experiment_dir(tmp_path)
         reason = 'No space left on device' if fault == 'disk_full' else 'Read-only file system'
         assert returncode == 1, err[-3000:]
-        match = re.search(r"basicsr train: CheckpointError: cannot save (network|training state) '(.*?)': \[Errno \d+\] "
-                          + reason, err)
+        match = re.search(r"basicsr train: CheckpointError: cannot save (network|training state) '(.*?)': "
+                          r'\[Errno \d+\] ' + reason, err)
         assert match, err[-3000:]
         assert err.count('Traceback') == 0 and err.count('(try ') >= 3
         assert int(re.search(r'(\d+)\.(pth|state)$', match.group(2)).group(1)) > 3

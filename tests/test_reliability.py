@@ -196,7 +196,8 @@ def test_converter_unpickles_only_with_trusted(tmp_path, capsys):
     assert_same_weights(load_params(dst), net.state_dict())
 
 
-@pytest.mark.parametrize('arch, ckpt_arch', [(a, b) for a in sorted(SMALL_ARCHS) for b in sorted(SMALL_ARCHS) if a != b])
+@pytest.mark.parametrize('arch, ckpt_arch', [(a, b) for a in sorted(SMALL_ARCHS) for b in sorted(SMALL_ARCHS)
+                                             if a != b])
 def test_stage1_refuses_a_checkpoint_of_another_backbone_even_with_strict_false(tmp_path, arch, ckpt_arch):
     path = tmp_path / 'other.pth'
     torch.save({'params': build_network({'type': ckpt_arch, 'quant_mode': 'fp', 'upscale': 2,
