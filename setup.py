@@ -19,6 +19,6 @@ setup(
         'scikit-image',
         'tqdm',
     ],
-    extras_require={'test': ['pytest']},
+    extras_require={'test': ['pytest'], 'plots': ['matplotlib']},
     entry_points={'console_scripts': ['basicsr = cadyq_plugin.cli:main']},
 )

@@ -620,7 +620,8 @@ def _check_bit_budget(opt, phase, student, problems):
     targets = {k: section[k] for k in ('target_fab', 'target_bitops') if section.get(k) is not None}
     if not targets:
         return
-    found = budget_problems(**targets, **{k: section[k] for k in ('kp', 'ki', 'smoothing') if k in section})
+    found = budget_problems(**targets, **{k: section[k] for k in ('kp', 'ki', 'smoothing', 'integral_band')
+                                          if k in section})
     for key, value, expected in found:
         problems.add(f'{where}.{key}', value, expected)
     if found:

@@ -11,13 +11,15 @@ from cadyq_plugin.losses.bit_budget import BudgetController
 DEFAULT_KP = 20.0
 DEFAULT_KI = 1.0
 DEFAULT_SMOOTHING = 0.5
+DEFAULT_INTEGRAL_BAND = 1.0
 
 
 def _is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def budget_problems(target_fab=None, target_bitops=None, kp=DEFAULT_KP, ki=DEFAULT_KI, smoothing=DEFAULT_SMOOTHING):
+def budget_problems(target_fab=None, target_bitops=None, kp=DEFAULT_KP, ki=DEFAULT_KI, smoothing=DEFAULT_SMOOTHING,
+                    integral_band=DEFAULT_INTEGRAL_BAND):
     """``(key, value, expected)`` for each budget argument of :class:`BitLoss` it cannot run with; the range a
     target must lie in depends on the network and is checked by the config check."""
     problems = []
@@ -34,6 +36,9 @@ def budget_problems(target_fab=None, target_bitops=None, kp=DEFAULT_KP, ki=DEFAU
         problems.append(('ki', ki, 'expected kp or ki > 0: with both 0 the budget is never steered'))
     if not (_is_real(smoothing) and 0 <= smoothing < 1):
         problems.append(('smoothing', smoothing, 'expected a number in [0, 1) (of the running error)'))
+    if not (_is_real(integral_band) and integral_band > 0):
+        problems.append(('integral_band', integral_band, 'expected a positive number of bits (the running error '
+                         'within which the controller integrates)'))
     return problems
 
 
@@ -52,17 +57,19 @@ class BitLoss(nn.Module):
         reduction (str): ``sum`` over the batch (reference) or ``mean``.
         target_fab (float | None): the FAB to train to, strictly between the smallest and largest candidate.
         target_bitops (float | None): the BitOPs (G, 1280x720 output) to train to.
-        kp, ki, smoothing: the controller's gains and the smoothing of its running error.
+        kp, ki, smoothing, integral_band: the controller's gains, the smoothing of its running error and the band
+            around the target within which it integrates.
     """
 
     def __init__(self, loss_weight=1e-4, growth=1e-6, growth_every=1000, reduction='sum', target_fab=None,
-                 target_bitops=None, kp=DEFAULT_KP, ki=DEFAULT_KI, smoothing=DEFAULT_SMOOTHING):
+                 target_bitops=None, kp=DEFAULT_KP, ki=DEFAULT_KI, smoothing=DEFAULT_SMOOTHING,
+                 integral_band=DEFAULT_INTEGRAL_BAND):
         super().__init__()
         if reduction not in ('sum', 'mean'):
             raise ValueError(f"BitLoss reduction must be 'sum' or 'mean', got {reduction!r}")
         if growth_every <= 0:
             raise ValueError(f'BitLoss growth_every must be positive, got {growth_every!r}')
-        problems = budget_problems(target_fab, target_bitops, kp, ki, smoothing)
+        problems = budget_problems(target_fab, target_bitops, kp, ki, smoothing, integral_band)
         if problems:
             raise ValueError('BitLoss ' + '; '.join(f'{key} = {value!r}: {expected}' for key, value, expected in
                                                     problems))
@@ -72,7 +79,7 @@ class BitLoss(nn.Module):
         self.reduction = reduction
         self.target = ('fab', target_fab) if target_fab is not None else (
             ('bitops', target_bitops) if target_bitops is not None else None)
-        self.controller = BudgetController(loss_weight, kp, ki, smoothing) if self.target else None
+        self.controller = BudgetController(loss_weight, kp, ki, smoothing, integral_band) if self.target else None
 
     def weight(self, current_iter):
         if self.controller is not None:
