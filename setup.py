@@ -21,7 +21,8 @@ setup(
     ],
     extras_require={
         'onnx': ['onnx', 'onnxscript', 'onnxruntime'],
-        'test': ['pytest', 'onnx', 'onnxscript', 'onnxruntime'],
+        'plots': ['matplotlib'],
+        'test': ['pytest', 'onnx', 'onnxscript', 'onnxruntime', 'matplotlib'],
     },
     entry_points={'console_scripts': ['basicsr = cadyq_plugin.cli:main']},
 )

@@ -49,7 +49,7 @@ TRAIN_KEYS = {
     'path_reg_weight', 'net_g_reg_every', 'net_d_reg_every', 'mixing_prob', 'lr_flow', 'fix_flow', 'flow_lr_mul',
     'dcn_lr_mul', 'tsa_iter'}
 VAL_KEYS = {'val_freq', 'save_img', 'suffix', 'metrics', 'pbar', 'patchwise', 'tb_bit_maps', 'grids', 'crop_size',
-            'flip_seq', 'center_frame_only', 'num_val_samples'}
+            'flip_seq', 'center_frame_only', 'num_val_samples', 'target_fab', 'target_bitops'}
 LOGGER_KEYS = {'print_freq', 'save_checkpoint_freq', 'use_tb_logger', 'wandb'}
 PATH_PREFIXES = ('pretrain_network_', 'strict_load_', 'param_key_')
 PATH_KEYS = {'resume_state', 'ignore_resume_networks', 'experiments_root', 'models', 'training_states', 'log',
@@ -642,6 +642,71 @@ def _check_patchwise(opt, patchwise, cadyq_model, problems):
                      'whole pixels (e.g. step = patch - 6)')
 
 
+def _check_bit_budget(opt, phase, student, problems):
+    """A bit budget the selectors can meet: ``train.bit_opt.target_fab`` / ``target_bitops`` (``val.target_*`` in a
+    test options file, what the tested network was trained to), one target, strictly inside what every selector at
+    its lowest / highest candidate gives, on a cadyq network. The BitOPs range is counted on the network built on
+    the ``meta`` device (shapes only, no weights)."""
+    from cadyq_plugin.losses.bit_loss import budget_problems
+    from cadyq_plugin.metrics.budget import BUDGET_HR_SIZE, BitBudget
+    val = opt.get('val') if isinstance(opt.get('val'), dict) else {}
+    val_targets = {k: val[k] for k in ('target_fab', 'target_bitops') if val.get(k) is not None}
+    if phase == 'train':
+        for key, value in val_targets.items():
+            problems.add(f'val.{key}', value, f'is for test options files: train to it with train.bit_opt.{key} '
+                         '(validation then reports it)')
+        bit_opt = (opt.get('train') or {}).get('bit_opt') if isinstance(opt.get('train'), dict) else None
+        where, section = 'train.bit_opt', bit_opt if isinstance(bit_opt, dict) else {}
+    else:
+        where, section = 'val', val_targets
+    targets = {k: section[k] for k in ('target_fab', 'target_bitops') if section.get(k) is not None}
+    if not targets:
+        return
+    found = budget_problems(**targets, **{k: section[k] for k in ('kp', 'ki', 'smoothing', 'integral_band')
+                                          if k in section})
+    for key, value, expected in found:
+        problems.add(f'{where}.{key}', value, expected)
+    if found:
+        return
+    (key, target), = targets.items()
+    if phase == 'test' and not _is_distilling_model(opt):
+        problems.add(f'val.{key}', target, f'is reported by model_type {CADYQ_MODELS[1]!r}, not '
+                     f'{opt.get("model_type")!r}')
+        return
+    network = opt.get('network_g')
+    if student is None:  # not a CADyQ arch (an unknown type is reported already)
+        if isinstance(network, dict) and lookup(_registries().ARCH_REGISTRY, network.get('type')) is not None:
+            problems.add(f'{where}.{key}', target, f'needs a CADyQ arch with bit selectors; network_g.type is '
+                         f'{network.get("type")!r}')
+        return
+    if student.get('quant_mode') != 'cadyq':
+        if phase == 'test':  # in training, train.bit_opt on a fp/pams network is refused already
+            problems.add(f'val.{key}', target, f'needs network_g.quant_mode cadyq (bit selectors); it is '
+                         f'{student.get("quant_mode")!r}')
+        return
+    if any(p.startswith(('network_g.', 'scale ')) for p in problems):
+        return  # the network cannot be built as written
+    import torch
+    arch = lookup(_registries().ARCH_REGISTRY, network['type'])  # not build_network: it would start the logger
+    with torch.device('meta'):
+        net = arch(**{name: value for name, value in network.items() if name != 'type'})
+    budget = BitBudget.of_network(key[len('target_'):], target, net)
+    low, high = budget.reachable()
+    if low < target < high:
+        return
+    bits = student['bits']
+    if budget.kind == 'fab':
+        expected = (f'expected a FAB strictly between the smallest and largest candidate of network_g.bits {bits} '
+                    f'({low:g} < target < {high:g})')
+    else:
+        expected = (f'expected BitOPs strictly between {low:.2f} G (every selector at {min(bits)} bits) and '
+                    f'{high:.2f} G (every selector at {max(bits)}) for {network["type"]} at a '
+                    '{}x{} output'.format(*BUDGET_HR_SIZE))
+    problems.add(f'{where}.{key}', target, expected + ('; at an end every selector can only sit at that bit-width, '
+                                                      'which is not a budget' if target in (low, high) else
+                                                      ': the selectors cannot reach it'))
+
+
 # --------------------------------------------------------------------------------------------- entry point
 def check_options(opt, yml_path, phase='train', resuming=False, check_files=True):
     """Raise :class:`ConfigError` listing every problem of ``opt`` (parsed from ``yml_path``); return None.
@@ -669,5 +734,6 @@ def check_options(opt, yml_path, phase='train', resuming=False, check_files=True
     if phase == 'train':
         _check_train(opt, problems)
     _check_val(opt, phase, student, problems)
+    _check_bit_budget(opt, phase, student, problems)
     if problems:
         raise ConfigError(yml_path, problems)

@@ -41,7 +41,8 @@ class CADyQNet(nn.Module):
 
     def forward(self, x, return_aux=False):
         """Return the SR image; with ``return_aux`` also a dict with ``body`` (the tail's input), ``feats``
-        (block features), ``bits`` ([B, n_selectors]) and ``weighted_bits`` ([B])."""
+        (block features), ``bits`` ([B, n_selectors]), ``weighted_bits`` ([B]) and ``selector_weighted_bits``
+        ([B, n_selectors], its terms per selector)."""
         feature = image_gradient_feature(x, self.grad_scale) if self.n_selectors else None
         if self.backend == 'int8' and not self.training and not torch.compiler.is_exporting():
             x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's int8 convs work and answer in it
@@ -49,7 +50,9 @@ class CADyQNet(nn.Module):
         sr, body, feats = self.forward_features(x, record)
         if not return_aux:
             return sr
-        return sr, {'body': body, 'feats': feats, 'bits': record.bits(), 'weighted_bits': record.weighted_bits()}
+        selector_weighted = record.selector_weighted_bits()
+        return sr, {'body': body, 'feats': feats, 'bits': record.bits(), 'weighted_bits': selector_weighted.sum(dim=1),
+                    'selector_weighted_bits': selector_weighted}
 
     def forward_features(self, x, record):
         raise NotImplementedError

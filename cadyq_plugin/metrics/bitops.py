@@ -27,6 +27,20 @@ def forward_bitops(layers, selector_bits=None, fab=None):
     return sum(layer_bitops(layer, selector_bits, fab) for layer in layers)
 
 
+def bitops_per_bit(layers, n_selectors):
+    """``(base, slopes)`` with ``forward_bitops(layers, bits) == base + sum_l slopes[l] * bits[l]``.
+
+    BitOPs are linear in each selector's bit, so a BitOPs budget is a budget on the slope-weighted mean bit; both
+    numbers come from :func:`layer_bitops` (no second formula). A selector that feeds no conv has slope 0.
+    """
+    base = forward_bitops(layers, fab=0.0)
+    slopes = [0.0] * n_selectors
+    for layer in layers:
+        if layer.act_kind == 'dynamic':
+            slopes[layer.act_bits] += layer_bitops(layer, fab=1.0)
+    return base, slopes
+
+
 @METRIC_REGISTRY.register()
 def calculate_bitops(forwards, **kwargs):
     """BitOPs of one image in G (1e9): the sum over its forward passes, so patch overlap counts."""

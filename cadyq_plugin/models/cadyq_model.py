@@ -2,8 +2,12 @@
 import torch
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
+from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
+from mmengine.dist import all_reduce
 
+from cadyq_plugin.metrics.budget import BitBudget
+from cadyq_plugin.models.budget_report import BudgetReport, budget_spec
 from cadyq_plugin.models.sr_model import CADyQSRModel
 
 
@@ -13,12 +17,22 @@ class CADyQModel(CADyQSRModel):
 
     Options beyond CADyQSRModel's: ``network_t`` + ``path.pretrain_network_t`` (the frozen teacher, always in
     eval mode, never wrapped in DDP, never saved), ``train.kd_opt`` (ATLoss on the body output and the block
-    features) and ``train.bit_opt`` (BitLoss on the per-sample weighted bits).
+    features) and ``train.bit_opt`` (BitLoss on the per-sample weighted bits). A bit budget (``train.bit_opt.
+    target_fab`` / ``target_bitops``) is steered here: every iteration the global batch's mean bit (averaged over
+    ranks) updates the bit loss's controller, whose state goes into the training state; validation and the results
+    tables report the budget (``val.target_fab`` / ``val.target_bitops`` in a test options file).
     """
 
     def __init__(self, opt):
         super().__init__(opt)
         self.net_t = self._build_teacher(opt) if opt.get('network_t') is not None else None
+        spec = budget_spec(opt)
+        self.bit_budget = BitBudget.of_network(*spec, self.get_bare_model(self.net_g)) if spec else None
+        self.budget_report = BudgetReport(self.bit_budget, (opt.get('val') or {}).get('metrics')) if spec else None
+        if spec and opt['is_train']:
+            get_root_logger().info(
+                f'Bit budget: {self.bit_budget.name} {self.bit_budget.target:g} (mean bit '
+                f'{self.bit_budget.target_bit:.4f}); the bit-loss weight is steered, growth/growth_every unused')
 
     def _build_teacher(self, opt):
         from cadyq_plugin.config_check import teacher_mismatches
@@ -50,6 +64,52 @@ class CADyQModel(CADyQSRModel):
             loss_dict['l_kd'] = self.cri_kd(aux['body'], aux_t['body'], aux['feats'], aux_t['feats'])
             l_total = l_total + loss_dict['l_kd']
         if self.cri_bit and aux['bits'].shape[1]:
-            loss_dict['l_bit'] = self.cri_bit(aux['weighted_bits'], current_iter)
+            weighted = self._steer_budget(aux, loss_dict) if self.bit_budget is not None else aux['weighted_bits']
+            loss_dict['l_bit'] = self.cri_bit(weighted, current_iter)
             l_total = l_total + loss_dict['l_bit']
         return l_total
+
+    def _steer_budget(self, aux, loss_dict):
+        """Update the controller with the global batch's mean bit; log target, running value and weight (in the
+        budget's unit); return the per-sample weighted bits it penalises."""
+        budget = self.bit_budget
+        measured = budget.mean_bit(aux['bits'].detach())
+        all_reduce(measured, op='mean')  # every rank steers by the same global batch
+        weight = self.cri_bit.steer(measured.item() - budget.target_bit)
+        running = budget.to_user(budget.target_bit + self.cri_bit.controller.running)
+        for key, value in ((budget.name, budget.target), (f'running_{budget.kind}', running), ('w_bit', weight)):
+            loss_dict[key] = torch.tensor(value, device=measured.device)
+        return budget.weighted_bits(aux)
+
+    # ----------------------------------------------------------------- training state
+    def training_state_extras(self):
+        """Adds the budget controller's state (``bit_budget``) when a budget is steered."""
+        extras = super().training_state_extras()
+        if self._controller() is not None:
+            extras['bit_budget'] = self._controller().state_dict()
+        return extras
+
+    def load_training_state_extras(self, extras):
+        super().load_training_state_extras(extras)
+        if self._controller() is not None and 'bit_budget' in extras:
+            self._controller().load_state_dict(extras['bit_budget'])
+
+    def _controller(self):
+        cri_bit = getattr(self, 'cri_bit', None)
+        return cri_bit.controller if cri_bit is not None else None
+
+    # ----------------------------------------------------------------- validation
+    def finish_validation(self, dataset_name, rows, current_iter, tb_logger):
+        """CADyQSRModel's, plus the budget: its measure per image (results tables), a log line and TensorBoard."""
+        report = self.budget_report if rows and rows[0]['bits'].numel() else None
+        if report is not None:
+            report.annotate(rows)
+        super().finish_validation(dataset_name, rows, current_iter, tb_logger)
+        if report is not None:
+            report.log(dataset_name, rows, getattr(self, 'metric_results', {}), current_iter, tb_logger)
+
+    def results_columns(self):
+        names, target = super().results_columns()
+        if self.budget_report is None:
+            return names, target
+        return list(dict.fromkeys(names + [self.budget_report.key])), self.budget_report.table_target()

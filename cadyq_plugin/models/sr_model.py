@@ -287,9 +287,14 @@ class CADyQSRModel(SRModel):
             return
         self._log_bit_visuals(dataset_name, rows, current_iter, tb_logger)
         if not self.opt['is_train']:
-            metric_names = list(self.opt['val']['metrics'])
-            csv_path, _ = write_results_table(rows, self.opt['path']['results_root'], dataset_name, metric_names)
+            metric_names, target = self.results_columns()
+            csv_path, _ = write_results_table(rows, self.opt['path']['results_root'], dataset_name, metric_names,
+                                              target=target)
             get_root_logger().info(f'Results table of {dataset_name}: {csv_path} (and .md)')
+
+    def results_columns(self):
+        """The metric columns of the results tables and their ``target`` row (None: none; see CADyQModel)."""
+        return list(self.opt['val']['metrics']), None
 
     def _bit_range(self):
         quant = getattr(self.get_bare_model(self.net_g), 'quant', None)

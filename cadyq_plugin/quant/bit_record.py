@@ -34,7 +34,12 @@ class BitRecord:
 
     def weighted_bits(self):
         """``[B]`` sum over selectors of ``b / E_p[b]`` (SPEC §2), the quantity the bit loss penalises."""
+        return self.selector_weighted_bits().sum(dim=1)
+
+    def selector_weighted_bits(self):
+        """``[B, n_selectors]`` the terms ``b / E_p[b]`` of :meth:`weighted_bits`, so that a BitOPs budget can
+        weigh each selector by what its bits cost."""
         if not self._weighted:
             device = None if self.image_feature is None else self.image_feature.device
-            return torch.zeros(self.batch, device=device)
-        return torch.stack(self._weighted, dim=1).sum(dim=1)
+            return torch.zeros(self.batch, 0, device=device)
+        return torch.stack(self._weighted, dim=1)

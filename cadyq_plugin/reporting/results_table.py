@@ -1,7 +1,8 @@
 """Per-image results tables: ``<dataset>_results.csv`` and ``<dataset>_results.md``.
 
-One row per image (PSNR, SSIM, FAB, BitOPs, whichever were measured) and a final ``mean`` row, the mean over
-images (SPEC §5: a dataset's FAB is the mean of its images' FABs). Files are written atomically.
+One row per image (PSNR, SSIM, FAB, BitOPs, whichever were measured), optionally a ``target`` row (a bit budget's
+target, next to the ``mean`` row that shows what was reached) and a final ``mean`` row, the mean over images
+(SPEC §5: a dataset's FAB is the mean of its images' FABs). Files are written atomically.
 """
 import csv
 import io
@@ -16,9 +17,11 @@ COLUMNS: Dict[str, Tuple[str, int]] = {
     'ssim': ('SSIM', 4),
     'avg_bit': ('FAB', 2),
     'bitops': ('BitOPs (G)', 2),
+    'bitops_1280x720': ('BitOPs 1280x720 (G)', 2),
 }
 NAME_HEADER = 'image'
 MEAN_NAME = 'mean'
+TARGET_NAME = 'target'
 _OTHER_DECIMALS = 4
 
 
@@ -29,7 +32,8 @@ def results_paths(out_dir: str, dataset_name: str) -> Tuple[str, str]:
 
 
 def write_results_table(rows: Sequence[Mapping], out_dir: str, dataset_name: str,
-                        metric_names: Optional[Iterable[str]] = None) -> Tuple[str, str]:
+                        metric_names: Optional[Iterable[str]] = None,
+                        target: Optional[Mapping[str, float]] = None) -> Tuple[str, str]:
     """Write the per-image CSV and Markdown tables of one dataset; returns ``(csv_path, md_path)``.
 
     Args:
@@ -42,6 +46,8 @@ def write_results_table(rows: Sequence[Mapping], out_dir: str, dataset_name: str
             in the rows. Only metrics present in at least one row get a column. Known metrics come in the order
             PSNR, SSIM, FAB, BitOPs with their fixed headers and decimals; others follow, headed by their key,
             with 4 decimals.
+        target: ``{metric key: value}`` of a bit budget, written as a ``target`` row just before the ``mean`` row
+            (not part of any mean); keys without a column are left out.
     """
     if not dataset_name or os.sep in dataset_name or (os.altsep and os.altsep in dataset_name):
         raise ValueError(f'dataset_name must be a plain file-name prefix, got {dataset_name!r}')
@@ -52,6 +58,8 @@ def write_results_table(rows: Sequence[Mapping], out_dir: str, dataset_name: str
     keys = _columns(rows, metric_names)
     headers = [NAME_HEADER] + [_header(k) for k in keys]
     table = [[str(row['name'])] + [_fmt(row.get(k), k) for k in keys] for row in rows]
+    if rows and target:
+        table.append([TARGET_NAME] + [_fmt(target.get(k), k) for k in keys])
     if rows:
         table.append([MEAN_NAME] + [_fmt(_mean(row.get(k) for row in rows), k) for k in keys])
 
@@ -76,8 +84,9 @@ def write_results_table(rows: Sequence[Mapping], out_dir: str, dataset_name: str
 def read_results_csv(path: str) -> List[Dict]:
     """Read a table written by :func:`write_results_table` back into rows.
 
-    Returns one dict per CSV row, the ``mean`` row included (last): ``{'name': .., '<metric key>': float}``;
-    empty cells are left out. Known headers map back to their keys (``'PSNR (dB)'`` -> ``'psnr'``, ...).
+    Returns one dict per CSV row, a ``target`` row and the ``mean`` row (last) included:
+    ``{'name': .., '<metric key>': float}``; empty cells are left out. Known headers map back to their keys
+    (``'PSNR (dB)'`` -> ``'psnr'``, ...).
     """
     key_of = {header: key for key, (header, _) in COLUMNS.items()}
     with open(path, newline='') as f:

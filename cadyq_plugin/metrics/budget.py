@@ -1,0 +1,100 @@
+"""A bit budget resolved against one network: a target FAB, or a target BitOPs at a 1280x720 output.
+
+Both are budgets on a weighted mean of the selectors' bits, which is what the bit-loss controller steers: FAB
+weighs every selector alike (SPEC §5); BitOPs are linear in each selector's bit (:func:`bitops_per_bit`), so a
+BitOPs target is a target on the mean bit weighted by each selector's BitOPs per bit (its MACs x w_bits / 32^2).
+The two differ when the selectors' layers differ in MACs (IDN: its 48->32 grouped convs cost an eighth of its
+64->48 ones).
+"""
+import torch
+
+from cadyq_plugin.metrics.bitops import bitops_per_bit, forward_bitops
+from cadyq_plugin.metrics.macs import count_layer_macs
+
+BUDGET_HR_SIZE = (1280, 720)  # SR output (width, height) of a target_bitops: `basicsr bitops`' default size
+BUDGET_KINDS = ('fab', 'bitops')
+
+
+def budget_layers(net, hr_size=BUDGET_HR_SIZE):
+    """MAC table of a CADyQ ``net`` for an SR output of ``hr_size`` (width, height)."""
+    width, height = hr_size
+    return count_layer_macs(net, height // net.upscale, width // net.upscale)
+
+
+class BitBudget:
+    """``target_fab`` or ``target_bitops`` (G at :data:`BUDGET_HR_SIZE`) of one network.
+
+    Args:
+        kind (str): ``fab`` or ``bitops``.
+        target (float): the target in the user's unit (bits, or G BitOPs).
+        layers (list[LayerCost]): the network's MAC table at :data:`BUDGET_HR_SIZE` (:func:`budget_layers`).
+        bits (list[int]): the candidate bit-widths of the selectors.
+        n_selectors (int): number of bit selectors.
+    """
+
+    def __init__(self, kind, target, layers, bits, n_selectors):
+        if kind not in BUDGET_KINDS:
+            raise ValueError(f'budget kind must be one of {BUDGET_KINDS}, got {kind!r}')
+        self.kind = kind
+        self.target = float(target)
+        self.layers = layers
+        self.bits = list(bits)
+        base, slopes = bitops_per_bit(layers, n_selectors)
+        self.slope_sum = sum(slopes)
+        if self.slope_sum <= 0:
+            raise ValueError('the network has no conv whose input a bit selector quantizes: no BitOPs to budget')
+        self.base = base
+        costs = slopes if kind == 'bitops' else [1.0] * n_selectors
+        total = sum(costs)
+        self.selector_weights = torch.tensor([c * n_selectors / total for c in costs], device='cpu')  # mean 1
+        self.target_bit = self.from_user(self.target)
+
+    @classmethod
+    def of_network(cls, kind, target, net):
+        """The budget of a CADyQ arch instance (any device, ``meta`` included)."""
+        return cls(kind, target, budget_layers(net), net.quant.bits, net.n_selectors)
+
+    @property
+    def name(self):
+        """The options key: ``target_fab`` or ``target_bitops``."""
+        return f'target_{self.kind}'
+
+    def mean_bit(self, bits):
+        """The steered mean bit of ``bits`` [..., n_selectors] (mean over all leading dims): FAB for a FAB budget,
+        the BitOPs-weighted mean bit for a BitOPs budget."""
+        bits = bits.float()
+        if self.kind == 'fab':
+            return bits.mean()
+        return (bits @ self.selector_weights.to(bits.device)).mean() / bits.shape[-1]
+
+    def weighted_bits(self, aux):
+        """``[B]`` what the bit loss penalises: the reference ``weighted_bits`` for a FAB budget; for a BitOPs
+        budget each selector's term ``b / E_p[b]`` weighted by its BitOPs (the gradient of the BitOPs)."""
+        if self.kind == 'fab':
+            return aux['weighted_bits']
+        terms = aux['selector_weighted_bits']
+        return terms @ self.selector_weights.to(terms.device)
+
+    def to_user(self, mean_bit):
+        """A steered mean bit in the user's unit: itself (FAB) or G BitOPs at :data:`BUDGET_HR_SIZE`."""
+        return float(mean_bit) if self.kind == 'fab' else self.bitops(mean_bit)
+
+    def from_user(self, value):
+        """Inverse of :meth:`to_user`: the mean bit at which the budget's measure equals ``value``."""
+        if self.kind == 'fab':
+            return float(value)
+        return (float(value) * 1e9 - self.base) / self.slope_sum
+
+    def bitops(self, mean_bit):
+        """G BitOPs at :data:`BUDGET_HR_SIZE` of a BitOPs-weighted mean bit (every selector at it, by linearity)."""
+        return forward_bitops(self.layers, fab=float(mean_bit)) / 1e9
+
+    def bitops_of(self, bits):
+        """G BitOPs at :data:`BUDGET_HR_SIZE` of ``bits`` [..., n_selectors], each selector at its mean bit."""
+        return forward_bitops(self.layers, bits.float().reshape(-1, bits.shape[-1]).mean(dim=0)) / 1e9
+
+    def reachable(self):
+        """``(low, high)`` of the budget's measure with every selector at its lowest / highest candidate; a target
+        must lie strictly inside (at an end the selectors can only all sit at that candidate)."""
+        low, high = min(self.bits), max(self.bits)
+        return (self.to_user(low), self.to_user(high)) if self.kind == 'bitops' else (float(low), float(high))

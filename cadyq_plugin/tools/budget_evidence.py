@@ -1,0 +1,172 @@
+"""Evidence for the bit budget: CADyQ trained to target FABs on the quickstart data, the curves and the table.
+
+For each backbone: the quickstart's FP and PAMS stages (reused when their checkpoints exist), then one CADyQ run
+per target through ``basicsr train`` (the reference options with the quickstart's changes, ``train.bit_opt.
+target_fab`` and the per-iteration log) and ``basicsr test`` of its network on the quickstart's held-out
+validation photos. Writes ``<workdir>/budget_evidence.json`` and ``.md`` (target / reached in training and
+validation / PSNR) and the plot of FAB against iteration (matplotlib).
+"""
+import argparse
+import contextlib
+import json
+import os
+import re
+import sys
+
+from cadyq_plugin.tools.derive_options import derive_options
+from cadyq_plugin.tools.quickstart import BACKBONE_OPTIONS, OPTIONS, read_mean_row, run, stage_overrides, test_overrides
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN_TOLERANCE = 0.25  # bit, training-batch FAB at the end
+VAL_TOLERANCE = 0.5  # bit, validation FAB
+ITER_RE = re.compile(r'iter:\s*([\d,]+),')
+VALUE_RE = re.compile(r'(\w+): (-?\d+\.\d+e[+-]\d+)')
+BUDGET_RE = re.compile(r'Bit budget on \S+: target_fab \S+ \| reached FAB (\S+)')
+
+
+def parse_train_log(path):
+    """``(curve, validations)`` of a training log: ``{iteration: {key: value}}`` of the logged values and
+    ``[(iteration, validation FAB)]`` from its bit-budget lines (the iteration last logged before each)."""
+    curve, validations, last = {}, [], 0
+    with open(path) as f:
+        for line in f:
+            found = ITER_RE.search(line)
+            if found:
+                last = int(found.group(1).replace(',', ''))
+                curve[last] = {key: float(value) for key, value in VALUE_RE.findall(line)}
+                continue
+            found = BUDGET_RE.search(line)
+            if found:
+                validations.append((last, float(found.group(1))))
+    return curve, validations
+
+
+def summarize(curve, tail):
+    """Training FAB at the end: the mean batch FAB over the last ``tail`` logged iterations and the final running
+    FAB the controller steers."""
+    last = sorted(curve)[-tail:]
+    return {'train_fab': sum(curve[i]['avg_bit'] for i in last) / len(last),
+            'running_fab': curve[last[-1]]['running_fab'], 'final_weight': curve[last[-1]]['w_bit']}
+
+
+def train_log(workdir, name):
+    folder = os.path.join(workdir, 'experiments', name)
+    logs = sorted(f for f in os.listdir(folder) if f.startswith('train_') and f.endswith('.log'))
+    return os.path.join(folder, logs[-1])
+
+
+def run_backbone(arch, targets, iters, args, data, workdir):
+    """FP and PAMS once (kept if done), then one CADyQ run and test per target; one result dict per target."""
+    prefix, test_file = BACKBONE_OPTIONS[arch]
+    for stage, stage_iters in zip(('fp', 'pams'), iters[:2]):
+        train_opt = os.path.join(workdir, 'options', f'{prefix}_{stage}.yml')
+        opt = derive_options(os.path.join(OPTIONS, f'{prefix}_{stage}.yml'),
+                             stage_overrides(data, stage, stage_iters, args.batch, args.gt_size), train_opt)
+        if not os.path.isfile(os.path.join(workdir, 'experiments', opt['name'], 'models', 'net_g_latest.pth')):
+            run(['train', '-opt', train_opt], workdir, os.path.join(workdir, f'train_{arch}_{stage}.log'))
+    results = []
+    for target in targets:
+        name = f'budget_{arch}_fab{target:g}'
+        overrides = stage_overrides(data, 'cadyq', iters[2], args.batch, args.gt_size)
+        overrides.update({'name': name, 'train.bit_opt.target_fab': target, 'logger.print_freq': 1,
+                          'val.val_freq': max(1, iters[2] // 6), 'logger.use_tb_logger': False})
+        train_opt = derive_options(os.path.join(OPTIONS, f'{prefix}_cadyq.yml'), overrides,
+                                   os.path.join(workdir, 'options', f'{name}.yml'))
+        run(['train', '-opt', os.path.join(workdir, 'options', f'{name}.yml')], workdir,
+            os.path.join(workdir, f'train_{name}.log'))
+        test_base = os.path.join(OPTIONS, test_file)
+        test_opt = os.path.join(workdir, 'options', f'test_{name}.yml')
+        derive_options(test_base, {**test_overrides(data, 'cadyq', os.path.join(workdir, 'options', f'{name}.yml'),
+                                                    test_base, f'test_{name}'), 'val.target_fab': target}, test_opt)
+        run(['test', '-opt', test_opt], workdir, os.path.join(workdir, f'test_{name}.log'))
+        curve, validations = parse_train_log(train_log(workdir, train_opt['name']))
+        mean = read_mean_row(os.path.join(workdir, 'results', f'test_{name}', 'quickstart_val_results.csv'))
+        results.append({'arch': arch, 'target': target, **summarize(curve, args.tail), 'val_fab': float(mean['FAB']),
+                        'psnr': float(mean['PSNR (dB)']), 'curve': {i: curve[i] for i in sorted(curve)},
+                        'validations': validations})
+    return results
+
+
+def within(result):
+    return (abs(result['train_fab'] - result['target']) <= TRAIN_TOLERANCE and
+            abs(result['val_fab'] - result['target']) <= VAL_TOLERANCE)
+
+
+def format_table(results, tail):
+    lines = [f'| backbone | target FAB | train FAB (last {tail} batches) | running FAB | val FAB | val PSNR (dB) | '
+             'within tolerance |', '|---|---:|---:|---:|---:|---:|:---:|']
+    for r in results:
+        lines.append(f'| {r["arch"]} | {r["target"]:.2f} | {r["train_fab"]:.2f} | {r["running_fab"]:.2f} | '
+                     f'{r["val_fab"]:.2f} | {r["psnr"]:.2f} | {"yes" if within(r) else "no"} |')
+    return '\n'.join(lines)
+
+
+def plot(results, path):
+    """FAB against iteration, one panel per backbone: running FAB, batch FAB, validation FAB and the target."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    archs = list(dict.fromkeys(r['arch'] for r in results))
+    columns = min(2, len(archs))
+    rows = -(-len(archs) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 3.6 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(archs):]:
+        ax.axis('off')
+    for ax, arch in zip(axes.flat, archs):
+        for color, r in zip(('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple'),
+                            [r for r in results if r['arch'] == arch]):
+            its = sorted(int(i) for i in r['curve'])
+            ax.plot(its, [r['curve'][i]['avg_bit'] for i in its], color=color, alpha=0.25, linewidth=0.8)
+            ax.plot(its, [r['curve'][i]['running_fab'] for i in its], color=color, label=f'target {r["target"]:g}')
+            ax.axhline(r['target'], color=color, linestyle='--', linewidth=0.8)
+            if r['validations']:
+                ax.plot(*zip(*r['validations']), 'o', color=color, markersize=4)
+        ax.set_title(f'{arch} x4 CADyQ, quickstart data')
+        ax.set_xlabel('iteration')
+        ax.set_ylabel('FAB (bits)')
+        ax.grid(alpha=0.3)
+        ax.legend(loc='upper right', fontsize=8)
+    fig.text(0.5, 0.005, 'line: running FAB (steered), faint: batch FAB, dashed: target, dots: validation FAB',
+             ha='center', fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--archs', nargs='+', choices=sorted(BACKBONE_OPTIONS), default=['edsr', 'idn'])
+    parser.add_argument('--targets', type=float, nargs='+', default=[5.0, 6.0, 7.0])
+    parser.add_argument('--iters', type=int, nargs=3, default=(300, 150, 300), metavar=('FP', 'PAMS', 'CADYQ'))
+    parser.add_argument('--batch', type=int, default=4)
+    parser.add_argument('--gt-size', type=int, default=64, help='HR training patch size')
+    parser.add_argument('--tail', type=int, default=20, help='iterations averaged for the final training FAB')
+    parser.add_argument('--workdir', default='budget_workdir', help='everything but the plot is written here')
+    parser.add_argument('--plot', default=os.path.join(REPO, 'docs', 'budget_fab.png'))
+    args = parser.parse_args(argv)
+
+    import cadyq_plugin  # noqa: F401
+    from cadyq_plugin.data.quickstart_data import build_quickstart_data
+    workdir = os.path.abspath(args.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'data.log'), 'w') as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        data = build_quickstart_data(os.path.join(workdir, 'data'))
+    results = []
+    for arch in args.archs:
+        results += run_backbone(arch, args.targets, args.iters, args, data, workdir)
+        print(f'[budget evidence] {arch}: done', flush=True)
+    with open(os.path.join(workdir, 'budget_evidence.json'), 'w') as f:
+        json.dump({'args': vars(args), 'results': results}, f, indent=1)
+    table = format_table(results, args.tail)
+    with open(os.path.join(workdir, 'budget_evidence.md'), 'w') as f:
+        f.write(table + '\n')
+    plot(results, args.plot)
+    print(table)
+    print(f'plot: {args.plot}')
+    return 0 if all(within(r) for r in results) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
