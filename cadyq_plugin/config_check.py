@@ -686,25 +686,43 @@ def _check_bit_budget(opt, phase, student, problems):
         return
     if any(p.startswith(('network_g.', 'scale ')) for p in problems):
         return  # the network cannot be built as written
-    import torch
-    arch = lookup(_registries().ARCH_REGISTRY, network['type'])  # not build_network: it would start the logger
-    with torch.device('meta'):
-        net = arch(**{name: value for name, value in network.items() if name != 'type'})
-    budget = BitBudget.of_network(key[len('target_'):], target, net)
-    low, high = budget.reachable()
+    if key == 'target_fab':
+        low, high = float(min(student['bits'])), float(max(student['bits']))
+    else:
+        low, high = BitBudget.of_network('bitops', target, _shapes_only(network)).reachable()
     if low < target < high:
         return
     bits = student['bits']
-    if budget.kind == 'fab':
+    if key == 'target_fab':
         expected = (f'expected a FAB strictly between the smallest and largest candidate of network_g.bits {bits} '
                     f'({low:g} < target < {high:g})')
     else:
         expected = (f'expected BitOPs strictly between {low:.2f} G (every selector at {min(bits)} bits) and '
-                    f'{high:.2f} G (every selector at {max(bits)}) for {network["type"]} at a '
+                    f'{high:.2f} G (every selector at {max(bits)}) for {_network_name(network)} at a '
                     '{}x{} output'.format(*BUDGET_HR_SIZE))
     problems.add(f'{where}.{key}', target, expected + ('; at an end every selector can only sit at that bit-width, '
                                                       'which is not a budget' if target in (low, high) else
                                                       ': the selectors cannot reach it'))
+
+
+def _network_name(network):
+    """``EDSR_CADyQ``, or for a wrapped network ``CADyQWrapper(SwinIR)``."""
+    backbone = network.get('backbone')
+    inner = f'({backbone["type"]})' if isinstance(backbone, dict) and 'type' in backbone else ''
+    return f'{network["type"]}{inner}'
+
+
+def _shapes_only(network):
+    """``network_g`` built on the ``meta`` device (shapes, no weights: MACs without the cost of a build); a
+    backbone whose constructor reads tensor values (SwinIR's drop-path rates) is built on the CPU and moved."""
+    import torch
+    arch = lookup(_registries().ARCH_REGISTRY, network['type'])  # not build_network: it would start the logger
+    kwargs = {name: value for name, value in network.items() if name != 'type'}
+    try:
+        with torch.device('meta'):
+            return arch(**kwargs)
+    except Exception:  # noqa: BLE001 (any constructor failure on meta: retry where values exist)
+        return arch(**kwargs).to('meta')
 
 
 # --------------------------------------------------------------------------------------------- entry point

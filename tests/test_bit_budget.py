@@ -10,6 +10,7 @@ from test_model import SMALL, _batches, model_opt
 
 import cadyq_plugin  # noqa: F401  (compat shim before basicsr)
 from cadyq_plugin.archs import EDSR_CADyQ, IDN_CADyQ
+from cadyq_plugin.archs.wrapper_arch import CADyQWrapper
 from cadyq_plugin.config_check import ConfigError, check_options
 from cadyq_plugin.losses import BitLoss
 from cadyq_plugin.losses.bit_budget import BudgetController
@@ -28,12 +29,12 @@ TEST = os.path.join(OPTIONS, 'test_cadyq_image.yml')
 IDN_SMALL = {'num_feat': 32, 'd': 8, 's': 4, 'num_block': 2, 'upscale': 2, 'calib_iters': 0}
 
 
-def hand_controller(errors, scale, kp, ki, s, band):
+def hand_controller(errors, scale, kp, ki, s, band=None):
     """The PI law written out: running error, its sum within the band and the weight after each error."""
     running, integral, out = None, 0.0, []
     for e in errors:
         running = e if running is None else s * running + (1 - s) * e
-        integral += running if abs(running) <= band else 0.0
+        integral += running if band is None or abs(running) <= band else 0.0
         out.append((running, integral, scale * (kp * running + ki * integral)))
     return out
 
@@ -66,6 +67,8 @@ def test_bit_loss_with_a_target_uses_the_controllers_weight():
     loss = BitLoss(loss_weight=1e-4, target_fab=6.0, kp=20.0, ki=1.0)
     weighted = torch.tensor([30.0, 34.0])
     assert loss(weighted, 5000).item() == 0.0, 'no schedule: weight 0 before the first update'
+    assert loss.steer(2.0) == pytest.approx(1e-4 * (20 * 2 + 2)), 'no band: every error is integrated'
+    loss = BitLoss(loss_weight=1e-4, target_fab=6.0, kp=20.0, ki=1.0, integral_band=1.0)
     weight = loss.steer(2.0)
     assert weight == pytest.approx(1e-4 * 20 * 2), 'outside the integral band: proportional only'
     weight = loss.steer(0.4)  # running error (2 + 0.4) / 2 = 1.2: still outside
@@ -182,7 +185,8 @@ def test_a_bitops_budget_weighs_each_selector_by_its_bitops(tmp_path):
         aux, loss_dict = losses_of(model, next(_batches(1)), 1)
     measured = ((aux['bits'] @ slopes).mean() / slopes.sum()).item()
     target_bit = (target * 1e9 - base) / slopes.sum().item()
-    weight = 1e-4 * (20.0 * (measured - target_bit) + 1.0 * (measured - target_bit))
+    error = measured - target_bit
+    weight = 1e-4 * (20.0 * error + 1.0 * error)
     assert loss_dict['target_bitops'].item() == pytest.approx(target)
     assert loss_dict['running_bitops'].item() == pytest.approx((base + measured * slopes.sum().item()) / 1e9, rel=1e-5)
     assert loss_dict['w_bit'].item() == pytest.approx(weight, rel=1e-4)
@@ -317,6 +321,28 @@ def test_a_bitops_target_must_lie_between_all_lowest_and_all_highest_bits(target
 def test_the_bitops_range_is_the_networks():
     check_options(with_target(IDN_STAGE3, target_bitops=5.8), IDN_STAGE3, check_files=False)
     assert 'between 5.37 G' in problems(with_target(IDN_STAGE3, target_bitops=5.0), IDN_STAGE3)[0]
+
+
+def test_a_budget_on_a_wrapped_backbone_built_from_values():
+    """SwinIR's constructor reads tensor values (not possible on ``meta``): the range is still counted, and equals
+    the one of the network built on the CPU."""
+    path = os.path.join(OPTIONS, 'train_swinir_cadyq.yml')
+    small = {'depths': [2], 'embed_dim': 12, 'num_heads': [2], 'img_size': 16}
+    opt = with_target(path, target_bitops=1e6)
+    for network in (opt['network_g'], opt['network_t']):
+        network['backbone'].update(small)
+    net_opt = dict(opt['network_g'])
+    net = CADyQWrapper(**{k: v for k, v in net_opt.items() if k != 'type'})
+    low, high = BitBudget.of_network('bitops', 1.0, net).reachable()
+    found = problems(opt, path)
+    assert found == [f'train.bit_opt.target_bitops = 1000000.0: expected BitOPs strictly between {low:.2f} G (every '
+                     f'selector at 4 bits) and {high:.2f} G (every selector at 8) for CADyQWrapper(SwinIR) at a '
+                     '1280x720 output: the selectors cannot reach it']
+    opt['train']['bit_opt']['target_bitops'] = (low + high) / 2
+    check_options(opt, path, check_files=False)
+    opt['train']['bit_opt'].pop('target_bitops')
+    opt['train']['bit_opt']['target_fab'] = 6.0
+    check_options(opt, path, check_files=False)
 
 
 def test_both_targets_at_once_are_refused():

@@ -11,7 +11,7 @@ from cadyq_plugin.losses.bit_budget import BudgetController
 DEFAULT_KP = 20.0
 DEFAULT_KI = 1.0
 DEFAULT_SMOOTHING = 0.5
-DEFAULT_INTEGRAL_BAND = 1.0
+DEFAULT_INTEGRAL_BAND = None  # integrate every error
 
 
 def _is_real(value):
@@ -36,9 +36,9 @@ def budget_problems(target_fab=None, target_bitops=None, kp=DEFAULT_KP, ki=DEFAU
         problems.append(('ki', ki, 'expected kp or ki > 0: with both 0 the budget is never steered'))
     if not (_is_real(smoothing) and 0 <= smoothing < 1):
         problems.append(('smoothing', smoothing, 'expected a number in [0, 1) (of the running error)'))
-    if not (_is_real(integral_band) and integral_band > 0):
+    if integral_band is not None and not (_is_real(integral_band) and integral_band > 0):
         problems.append(('integral_band', integral_band, 'expected a positive number of bits (the running error '
-                         'within which the controller integrates)'))
+                         'within which the controller integrates) or null (integrate always)'))
     return problems
 
 

@@ -7,14 +7,14 @@ validation photos. Writes ``<workdir>/budget_evidence.json`` and ``.md`` (target
 validation / PSNR) and the plot of FAB against iteration (matplotlib).
 """
 import argparse
-import contextlib
 import json
 import os
 import re
 import sys
 
 from cadyq_plugin.tools.derive_options import derive_options
-from cadyq_plugin.tools.quickstart import BACKBONE_OPTIONS, OPTIONS, read_mean_row, run, stage_overrides, test_overrides
+from cadyq_plugin.tools.quickstart import (BACKBONE_OPTIONS, OPTIONS, build_data, read_mean_row, run_basicsr,
+                                           stage_overrides, test_overrides, thread_env)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_TOLERANCE = 0.25  # bit, training-batch FAB at the end
@@ -55,6 +55,11 @@ def train_log(workdir, name):
     return os.path.join(folder, logs[-1])
 
 
+def run(command, workdir, log_path):
+    """``basicsr <command>`` in ``workdir`` (one intra-op thread unless OMP_NUM_THREADS says otherwise)."""
+    return run_basicsr(command, workdir, log_path, thread_env())
+
+
 def run_backbone(arch, targets, iters, args, data, workdir):
     """FP and PAMS once (kept if done), then one CADyQ run and test per target; one result dict per target."""
     prefix, test_file = BACKBONE_OPTIONS[arch]
@@ -66,8 +71,11 @@ def run_backbone(arch, targets, iters, args, data, workdir):
             run(['train', '-opt', train_opt], workdir, os.path.join(workdir, f'train_{arch}_{stage}.log'))
     results = []
     for target in targets:
-        name = f'budget_{arch}_fab{target:g}'
+        band = args.integral_band
+        name = f'budget_{arch}_fab{target:g}' + ('' if band is None else f'_band{band:g}')
         overrides = stage_overrides(data, 'cadyq', iters[2], args.batch, args.gt_size)
+        if band is not None:
+            overrides['train.bit_opt.integral_band'] = band
         overrides.update({'name': name, 'train.bit_opt.target_fab': target, 'logger.print_freq': 1,
                           'val.val_freq': max(1, iters[2] // 6), 'logger.use_tb_logger': False})
         train_opt = derive_options(os.path.join(OPTIONS, f'{prefix}_cadyq.yml'), overrides,
@@ -81,7 +89,8 @@ def run_backbone(arch, targets, iters, args, data, workdir):
         run(['test', '-opt', test_opt], workdir, os.path.join(workdir, f'test_{name}.log'))
         curve, validations = parse_train_log(train_log(workdir, train_opt['name']))
         mean = read_mean_row(os.path.join(workdir, 'results', f'test_{name}', 'quickstart_val_results.csv'))
-        results.append({'arch': arch, 'target': target, **summarize(curve, args.tail), 'val_fab': float(mean['FAB']),
+        results.append({'arch': arch if band is None else f'{arch} (band {band:g})', 'target': target,
+                        **summarize(curve, args.tail), 'val_fab': float(mean['FAB']),
                         'psnr': float(mean['PSNR (dB)']), 'curve': {i: curve[i] for i in sorted(curve)},
                         'validations': validations})
     return results
@@ -141,19 +150,23 @@ def main(argv=None):
     parser.add_argument('--iters', type=int, nargs=3, default=(300, 150, 300), metavar=('FP', 'PAMS', 'CADYQ'))
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument('--gt-size', type=int, default=64, help='HR training patch size')
+    parser.add_argument('--integral-band', type=float, default=None,
+                        help='train.bit_opt.integral_band of the runs (default: none, the controller default)')
+    parser.add_argument('--include', nargs='*', default=[], metavar='JSON',
+                        help='budget_evidence.json of earlier runs to show before these in the table and plot')
     parser.add_argument('--tail', type=int, default=20, help='iterations averaged for the final training FAB')
     parser.add_argument('--workdir', default='budget_workdir', help='everything but the plot is written here')
     parser.add_argument('--plot', default=os.path.join(REPO, 'docs', 'budget_fab.png'))
     args = parser.parse_args(argv)
 
     import cadyq_plugin  # noqa: F401
-    from cadyq_plugin.data.quickstart_data import build_quickstart_data
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'data.log'), 'w') as log, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log):
-        data = build_quickstart_data(os.path.join(workdir, 'data'))
+    data, _ = build_data(workdir)
     results = []
+    for path in args.include:
+        with open(path) as f:
+            results += [{**r, 'curve': {int(i): v for i, v in r['curve'].items()}} for r in json.load(f)['results']]
     for arch in args.archs:
         results += run_backbone(arch, args.targets, args.iters, args, data, workdir)
         print(f'[budget evidence] {arch}: done', flush=True)
