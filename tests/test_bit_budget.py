@@ -13,6 +13,7 @@ from cadyq_plugin.archs import EDSR_CADyQ, IDN_CADyQ
 from cadyq_plugin.archs.wrapper_arch import CADyQWrapper
 from cadyq_plugin.config_check import ConfigError, check_options
 from cadyq_plugin.losses import BitLoss
+from cadyq_plugin.losses.bit_loss import DEFAULT_INTEGRAL_BAND
 from cadyq_plugin.losses.bit_budget import BudgetController
 from cadyq_plugin.metrics import bitops_per_bit, count_layer_macs, forward_bitops
 from cadyq_plugin.metrics.budget import BitBudget
@@ -29,7 +30,7 @@ TEST = os.path.join(OPTIONS, 'test_cadyq_image.yml')
 IDN_SMALL = {'num_feat': 32, 'd': 8, 's': 4, 'num_block': 2, 'upscale': 2, 'calib_iters': 0}
 
 
-def hand_controller(errors, scale, kp, ki, s, band=None):
+def hand_controller(errors, scale, kp, ki, s, band=DEFAULT_INTEGRAL_BAND):
     """The PI law written out: running error, its sum within the band and the weight after each error."""
     running, integral, out = None, 0.0, []
     for e in errors:
@@ -64,7 +65,7 @@ def test_controller_state_round_trips_exactly():
 
 
 def test_bit_loss_with_a_target_uses_the_controllers_weight():
-    loss = BitLoss(loss_weight=1e-4, target_fab=6.0, kp=20.0, ki=1.0)
+    loss = BitLoss(loss_weight=1e-4, target_fab=6.0, kp=20.0, ki=1.0, integral_band=None)
     weighted = torch.tensor([30.0, 34.0])
     assert loss(weighted, 5000).item() == 0.0, 'no schedule: weight 0 before the first update'
     assert loss.steer(2.0) == pytest.approx(1e-4 * (20 * 2 + 2)), 'no band: every error is integrated'
@@ -186,7 +187,7 @@ def test_a_bitops_budget_weighs_each_selector_by_its_bitops(tmp_path):
     measured = ((aux['bits'] @ slopes).mean() / slopes.sum()).item()
     target_bit = (target * 1e9 - base) / slopes.sum().item()
     error = measured - target_bit
-    weight = 1e-4 * (20.0 * error + 1.0 * error)
+    weight = 1e-4 * (20.0 * error + (error if abs(error) <= DEFAULT_INTEGRAL_BAND else 0.0))
     assert loss_dict['target_bitops'].item() == pytest.approx(target)
     assert loss_dict['running_bitops'].item() == pytest.approx((base + measured * slopes.sum().item()) / 1e9, rel=1e-5)
     assert loss_dict['w_bit'].item() == pytest.approx(weight, rel=1e-4)

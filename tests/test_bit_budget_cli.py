@@ -1,12 +1,11 @@
 """A bit budget through the real ``basicsr`` command on tiny data: what training logs (message log and TensorBoard),
 an exact ``--auto_resume`` of the controller, and ``basicsr test``'s report of target vs reached."""
-import glob
 import os
 import re
 
 import pytest
 import torch
-from tiny_workspace import OPTIONS, make_tiny_pairs, run_cli, tiny_stage_options
+from tiny_workspace import OPTIONS, logged_losses, make_tiny_pairs, run_cli, tiny_stage_options
 
 import cadyq_plugin  # noqa: F401  (compat shim before basicsr)
 from basicsr.archs import build_network
@@ -15,7 +14,6 @@ from cadyq_plugin.reporting import read_results_csv
 from cadyq_plugin.tools.derive_options import derive_options
 
 TINY = {'num_feat': 16, 'num_block': 2}
-LOG_LINE = re.compile(r'iter:\s*(\d+),.*\] (l_pix: .*?)\s*$')
 BUDGET_VALUES = re.compile(r'target_fab: 6\.0000e\+00 running_fab: (\S+) w_bit: (\S+) ')
 
 
@@ -41,18 +39,6 @@ def budget_options(ws, workdir, total_iter, use_tb=False):
     return tiny_stage_options(str(workdir), ws['data'], 'train_edsrbaseline', 'cadyq', total_iter=total_iter, **keys)
 
 
-def logged(workdir):
-    """{iteration: [logged values text]} over every training log of the run in ``workdir``."""
-    values = {}
-    for log in sorted(glob.glob(os.path.join(workdir, 'experiments', 'budget', 'train_*.log'))):
-        with open(log) as f:
-            for line in f:
-                match = LOG_LINE.search(line)
-                if match:
-                    values.setdefault(int(match.group(1)), []).append(match.group(2))
-    return values
-
-
 @pytest.fixture(scope='module')
 def trained(ws):
     """One uninterrupted 6-iteration run with TensorBoard."""
@@ -63,7 +49,7 @@ def trained(ws):
 
 
 def test_training_logs_target_running_fab_and_weight_every_print_freq(trained):
-    values = logged(trained['dir'])
+    values = logged_losses(os.path.join(trained['dir'], 'experiments', 'budget'))
     assert sorted(values) == [1, 2, 3, 4, 5, 6]
     budget = [BUDGET_VALUES.search(v[0]) for _, v in sorted(values.items())]
     assert all(budget), values
@@ -97,7 +83,8 @@ def test_auto_resume_continues_the_controller_exactly(ws, trained):
     assert 'Resuming training from epoch: ' in proc.stderr and ', iter: 3.' in proc.stderr
     state = torch.load(os.path.join(workdir, 'experiments', 'budget', 'training_states', '6.state'), weights_only=True)
     assert state['cadyq']['bit_budget']['steps'] == 6
-    reference, resumed = logged(trained['dir']), logged(workdir)
+    reference, resumed = (logged_losses(os.path.join(root, 'experiments', 'budget'))
+                          for root in (trained['dir'], workdir))
     for it in (4, 5, 6):
         assert resumed[it] == reference[it], it
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 import torch
-from tiny_workspace import OPTIONS, REPO, make_tiny_pairs, run_cli, tiny_stage_options
+from tiny_workspace import OPTIONS, REPO, logged_losses, make_tiny_pairs, run_cli, tiny_stage_options
 
 import cadyq_plugin  # noqa: F401  (compat shim before basicsr)
 from cadyq_plugin.config_check import ConfigError, check_options
@@ -24,7 +24,6 @@ from cadyq_plugin.tools.derive_options import derive_options
 
 TINY = {'network_g.num_feat': 16, 'network_g.num_block': 2, 'logger.use_tb_logger': False,
         'path.pretrain_network_g': None}
-LOG_LINE = re.compile(r'iter:\s*(\d+),.*\] (l_pix: .*?)\s*$')
 STOCK_OPTIONS = os.path.join(REPO, 'tests', 'data', 'basicsr_1.4.2_options.json')
 # BasicSR 1.4.2's own options files that BasicSR itself cannot run, and why
 STOCK_FAILS = {
@@ -44,16 +43,6 @@ def fp_options(workdir, data, total_iter, **overrides):
 
 def experiment_dir(workdir, name='EDSR_fp_x4'):
     return os.path.join(str(workdir), 'experiments', name)
-
-
-def logged_losses(exp):
-    values = {}
-    for log in sorted(glob.glob(os.path.join(exp, 'train_*.log'))):
-        for line in open(log):
-            match = LOG_LINE.search(line)
-            if match:
-                values.setdefault(int(match.group(1)), []).append(match.group(2))
-    return values
 
 
 def load_params(path):

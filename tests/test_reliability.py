@@ -30,7 +30,7 @@ from cadyq_plugin.models.stage_loading import load_stage_weights
 from cadyq_plugin.models.step_guard import TrainingDivergedError
 from cadyq_plugin.resume import (ResumableSampler, SampleKey, SeededDataset, capture_rng_state, consumed_batches,
                                  load_resume_state, restore_rng_state)
-from tiny_workspace import make_tiny_pairs, run_cli, tiny_stage_options
+from tiny_workspace import logged_losses, make_tiny_pairs, run_cli, tiny_stage_options
 
 SMALL_ARCHS = {
     'EDSR_CADyQ': dict(num_feat=16, num_block=2),
@@ -39,7 +39,6 @@ SMALL_ARCHS = {
     'SRResNet_CADyQ': dict(num_feat=16, num_block=3),
 }
 TINY_NET = {'network_g.num_feat': 16, 'network_g.num_block': 2}
-LOG_LINE = re.compile(r'iter:\s*(\d+),.*\] (l_pix: .*?)\s*$')
 
 
 @pytest.fixture(scope='module')
@@ -67,18 +66,6 @@ def stage_options(ws, workdir, stage, total_iter, **overrides):
     keys.update(overrides)
     os.makedirs(workdir, exist_ok=True)
     return tiny_stage_options(str(workdir), ws['data'], 'train_edsrbaseline', stage, total_iter=total_iter, **keys)
-
-
-def logged_losses(experiment_dir):
-    """{iteration: [the logged 'l_pix: ... avg_bit: ...' text, once per log line]} over every log of a run."""
-    values = {}
-    for log in sorted(glob.glob(os.path.join(experiment_dir, 'train_*.log'))):
-        with open(log) as f:
-            for line in f:
-                match = LOG_LINE.search(line)
-                if match:
-                    values.setdefault(int(match.group(1)), []).append(match.group(2))
-    return values
 
 
 def experiment(workdir):

@@ -1,5 +1,7 @@
 """Tiny real data and derived options for tests that run the real ``basicsr`` command."""
+import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ from cadyq_plugin.tools.derive_options import derive_options
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = os.path.join(REPO, 'options')
 STAGE_NAMES = {'fp': 'fp', 'pams': 'pams', 'cadyq': 'cadyq'}
+LOG_LINE = re.compile(r'iter:\s*(\d+),.*\] (l_pix: .*?)\s*$')
 
 
 def make_tiny_pairs(root, scale=4, size=48, names=('astronaut', 'coffee', 'chelsea', 'rocket')):
@@ -63,3 +66,16 @@ def run_cli(args, cwd, extra_env=None, timeout=600):
     env = dict(os.environ, **(extra_env or {}))
     cmd = [sys.executable, '-m', 'cadyq_plugin.cli'] + list(args)
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def logged_losses(experiment_dir):
+    """{iteration: [the logged 'l_pix: ... avg_bit: ...' text, once per log line]} over every training log of the
+    experiment folder (a resumed run has several)."""
+    values = {}
+    for log in sorted(glob.glob(os.path.join(experiment_dir, 'train_*.log'))):
+        with open(log) as f:
+            for line in f:
+                match = LOG_LINE.search(line)
+                if match:
+                    values.setdefault(int(match.group(1)), []).append(match.group(2))
+    return values

@@ -14,13 +14,13 @@ balances the distortion loss's pull towards high bits, i.e. off target by an amo
 the integral term finds the balancing weight instead, so the steady-state error is zero. The weight is signed:
 above the target it lowers the bits, below it raises them (a negative weight), so the target is reached from
 either side. The smoothing only takes the noise of single batches off the proportional term: a long running mean is
-a lag inside the loop, which lets the bits overshoot far past the target when they move fast. With ``band`` set, the
-integral only accumulates while the running error is within ``band`` bits of the target (conditional integration, an
-anti-windup): a backbone whose selectors take long to leave a saturated start (CARN stays at 8 bits for ~100
-iterations) otherwise winds the integral up far past the balancing weight, and the bits then fall to the lowest
-candidate long after they crossed the target. It is off by default: on EDSR-baseline the integral built up on the
-way down is what holds a low target. It is plain arithmetic on Python floats, identical on every rank given the same
-(global) error, and its whole state is three numbers (:meth:`state_dict`), so a resumed run continues it exactly.
+a lag inside the loop, which lets the bits overshoot far past the target when they move fast. The integral only
+accumulates while the running error is within ``band`` bits of the target (conditional integration, an anti-windup):
+far from it the proportional term already pushes hard, and the selectors can take a hundred iterations to leave a
+saturated start (CARN stays at 8 bits for over 100 iterations), during which an unconditional integral winds up to
+many times the balancing weight and then drives the bits to the lowest candidate long after they crossed the target.
+It is plain arithmetic on Python floats, identical on every rank given the same (global) error, and its whole state
+is three numbers (:meth:`state_dict`), so a resumed run continues it exactly.
 """
 
 

@@ -71,11 +71,11 @@ def run_backbone(arch, targets, iters, args, data, workdir):
             run(['train', '-opt', train_opt], workdir, os.path.join(workdir, f'train_{arch}_{stage}.log'))
     results = []
     for target in targets:
-        band = args.integral_band
-        name = f'budget_{arch}_fab{target:g}' + ('' if band is None else f'_band{band:g}')
+        settings = dict(args.bit_opt)
+        label = ', '.join(f'{key} {value:g}' for key, value in settings.items())
+        name = f'budget_{arch}_fab{target:g}' + ''.join(f'_{key}{value:g}' for key, value in settings.items())
         overrides = stage_overrides(data, 'cadyq', iters[2], args.batch, args.gt_size)
-        if band is not None:
-            overrides['train.bit_opt.integral_band'] = band
+        overrides.update({f'train.bit_opt.{key}': value for key, value in settings.items()})
         overrides.update({'name': name, 'train.bit_opt.target_fab': target, 'logger.print_freq': 1,
                           'val.val_freq': max(1, iters[2] // 6), 'logger.use_tb_logger': False})
         train_opt = derive_options(os.path.join(OPTIONS, f'{prefix}_cadyq.yml'), overrides,
@@ -89,7 +89,7 @@ def run_backbone(arch, targets, iters, args, data, workdir):
         run(['test', '-opt', test_opt], workdir, os.path.join(workdir, f'test_{name}.log'))
         curve, validations = parse_train_log(train_log(workdir, train_opt['name']))
         mean = read_mean_row(os.path.join(workdir, 'results', f'test_{name}', 'quickstart_val_results.csv'))
-        results.append({'arch': arch if band is None else f'{arch} (band {band:g})', 'target': target,
+        results.append({'arch': f'{arch} ({label})' if label else arch, 'target': target,
                         **summarize(curve, args.tail), 'val_fab': float(mean['FAB']),
                         'psnr': float(mean['PSNR (dB)']), 'curve': {i: curve[i] for i in sorted(curve)},
                         'validations': validations})
@@ -143,15 +143,27 @@ def plot(results, path):
     plt.close(fig)
 
 
+def bit_opt_setting(text):
+    """``key=value`` of ``--bit-opt``: a numeric setting of the controller."""
+    key, sep, value = text.partition('=')
+    if not sep or key not in ('kp', 'ki', 'smoothing', 'integral_band', 'loss_weight'):
+        raise argparse.ArgumentTypeError(f'{text!r}: expected KEY=VALUE with KEY one of kp, ki, smoothing, '
+                                         'integral_band, loss_weight')
+    try:
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r}: {value!r} is not a number') from None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--archs', nargs='+', choices=sorted(BACKBONE_OPTIONS), default=['edsr', 'idn'])
+    parser.add_argument('--archs', nargs='*', choices=sorted(BACKBONE_OPTIONS), default=['edsr', 'idn'])
     parser.add_argument('--targets', type=float, nargs='+', default=[5.0, 6.0, 7.0])
     parser.add_argument('--iters', type=int, nargs=3, default=(300, 150, 300), metavar=('FP', 'PAMS', 'CADYQ'))
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument('--gt-size', type=int, default=64, help='HR training patch size')
-    parser.add_argument('--integral-band', type=float, default=None,
-                        help='train.bit_opt.integral_band of the runs (default: none, the controller default)')
+    parser.add_argument('--bit-opt', nargs='*', type=bit_opt_setting, default=[], metavar='KEY=VALUE',
+                        help='controller settings of train.bit_opt to run with, e.g. integral_band=1 ki=2')
     parser.add_argument('--include', nargs='*', default=[], metavar='JSON',
                         help='budget_evidence.json of earlier runs to show before these in the table and plot')
     parser.add_argument('--tail', type=int, default=20, help='iterations averaged for the final training FAB')
