@@ -9,7 +9,7 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from cadyq_plugin.losses.bit_budget import BudgetController
 
 DEFAULT_KP = 20.0
-DEFAULT_KI = 2.0
+DEFAULT_KI = 4.0
 DEFAULT_SMOOTHING = 0.5
 DEFAULT_INTEGRAL_BAND = 1.0  # bits; None integrates every error
 

@@ -163,7 +163,7 @@ def main(argv=None):
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument('--gt-size', type=int, default=64, help='HR training patch size')
     parser.add_argument('--bit-opt', nargs='*', type=bit_opt_setting, default=[], metavar='KEY=VALUE',
-                        help='controller settings of train.bit_opt to run with, e.g. integral_band=1 ki=2')
+                        help='controller settings of train.bit_opt to run with, e.g. integral_band=2 ki=1')
     parser.add_argument('--include', nargs='*', default=[], metavar='JSON',
                         help='budget_evidence.json of earlier runs to show before these in the table and plot')
     parser.add_argument('--tail', type=int, default=20, help='iterations averaged for the final training FAB')
@@ -174,7 +174,7 @@ def main(argv=None):
     import cadyq_plugin  # noqa: F401
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
-    data, _ = build_data(workdir)
+    data = build_data(workdir)[0] if args.archs else None
     results = []
     for path in args.include:
         with open(path) as f:
