@@ -36,7 +36,7 @@ class WrapperTestNet(nn.Module):
         super().__init__()
         self.conv_first = nn.Conv2d(3, num_feat, 3, 1, 1)
         self.body = nn.Sequential(_Block(num_feat), _Block(num_feat))
-        self.shared = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.reused = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.unused = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.token_mix = nn.Linear(num_feat, num_feat)
         self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
@@ -44,7 +44,7 @@ class WrapperTestNet(nn.Module):
 
     def forward(self, x):
         head = self.conv_first(x)
-        h = self.shared(self.shared(self.body(head)))
+        h = self.reused(self.reused(self.body(head)))
         b, c, height, width = h.shape
         h = self.token_mix(h.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, height, width)
         res = self.conv_after_body(h)
@@ -132,7 +132,7 @@ def test_a_feature_pattern_that_never_fires_or_is_not_a_feature_map():
 
 
 def test_quantizer_places_that_cannot_work():
-    one_problem('quantize[0]: shared runs 2 times per forward pass', **dict(GOOD, quantize=['shared']))
+    one_problem('quantize[0]: reused runs 2 times per forward pass', **dict(GOOD, quantize=['reused']))
     one_problem('act_quant[0]: the quantized output of conv_after_body is modified in place later in the forward '
                 'pass of WrapperTestNet (e.g. res += x)',
                 **dict(GOOD, act_quant=[{'output': 'conv_after_body'}, 'body.*.conv1', 'body.*.conv2']))

@@ -13,6 +13,7 @@ from cadyq_plugin.metrics.macs import count_layer_macs
 
 BUDGET_HR_SIZE = (1280, 720)  # SR output (width, height) of a target_bitops: `basicsr bitops`' default size
 BUDGET_KINDS = ('fab', 'bitops')
+BITOPS_KEY = 'bitops_{}x{}'.format(*BUDGET_HR_SIZE)  # results column / TensorBoard name of a BitOPs budget
 
 
 def budget_layers(net, hr_size=BUDGET_HR_SIZE):

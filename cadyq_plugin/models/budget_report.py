@@ -9,9 +9,7 @@ passes; the BitOPs metric itself counts the images' own sizes, which a target at
 from basicsr.utils import get_root_logger
 
 from cadyq_plugin.metrics import calculate_avg_bit
-from cadyq_plugin.metrics.budget import BUDGET_HR_SIZE
-
-BITOPS_KEY = 'bitops_{}x{}'.format(*BUDGET_HR_SIZE)  # results column of a BitOPs budget
+from cadyq_plugin.metrics.budget import BITOPS_KEY, BUDGET_HR_SIZE
 
 
 def budget_spec(opt):

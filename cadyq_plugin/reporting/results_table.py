@@ -11,13 +11,15 @@ import os
 import tempfile
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from cadyq_plugin.metrics.budget import BITOPS_KEY, BUDGET_HR_SIZE
+
 # metric key -> (column header, decimals); the column order of the tables
 COLUMNS: Dict[str, Tuple[str, int]] = {
     'psnr': ('PSNR (dB)', 2),
     'ssim': ('SSIM', 4),
     'avg_bit': ('FAB', 2),
     'bitops': ('BitOPs (G)', 2),
-    'bitops_1280x720': ('BitOPs 1280x720 (G)', 2),
+    BITOPS_KEY: ('BitOPs {}x{} (G)'.format(*BUDGET_HR_SIZE), 2),
 }
 NAME_HEADER = 'image'
 MEAN_NAME = 'mean'
