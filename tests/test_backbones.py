@@ -231,7 +231,7 @@ def test_carn_skip_is_full_precision_and_mean_is_on_the_unit_scale():
     assert torch.allclose(net.mean.flatten(), torch.tensor([0.4488, 0.4371, 0.4040]))
     block = net.body[0].blocks[0]
     x = torch.randn(1, 64, 6, 6)
-    record = BitRecord(image_gradient_feature(torch.rand(1, 3, 6, 6)), 1)
+    record = BitRecord(image_gradient_feature(torch.rand(1, 3, 6, 6)), 1, 'cpu')
     with torch.no_grad():
         out, feat = block.eval()(x, record)
         assert torch.equal(out, torch.relu(feat + x))

@@ -193,9 +193,9 @@ def test_bitops_and_generic_modules_of_an_int8_network():
     net = torch.nn.Sequential(quant, conv).eval()
     x = torch.randn(2, 5, 6, 6) * 8
     with torch.no_grad():
-        reference = conv(quant(x, BitRecord(None, 2)))
+        reference = conv(quant(x, BitRecord(None, 2, 'cpu')))
         set_backend(net, 'int8')
-        assert (conv(quant(x, BitRecord(None, 2))) - reference).abs().max() < 1e-5
+        assert (conv(quant(x, BitRecord(None, 2, 'cpu'))) - reference).abs().max() < 1e-5
         set_backend(net, 'fake')
         assert conv.int8_kernel is None and quant.int8_codes is None
 

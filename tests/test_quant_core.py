@@ -121,7 +121,7 @@ def test_selector_initialises_every_input_at_the_largest_bit(bits):
     selector = BitSelector(8, bits).eval()
     selector.index = 0
     x = torch.randn(5, 8, 6, 6) * torch.arange(1, 6).view(5, 1, 1, 1)
-    record = BitRecord(image_gradient_feature(torch.rand(5, 3, 6, 6)), 5)
+    record = BitRecord(image_gradient_feature(torch.rand(5, 3, 6, 6)), 5, 'cpu')
     selector(x, record)
     assert torch.equal(record.bits(), torch.full((5, 1), float(bits[-1])))
     assert selector.fc.weight.eq(1).all() and selector.fc.bias.tolist() == [0.0] * (len(bits) - 1) + [1.0]
@@ -151,7 +151,7 @@ def test_selector_forward_hard_and_gradient_soft(bits):
     selector = _random_selector(6, bits, seed=len(bits)).train()
     x = (torch.randn(4, 6, 5, 5) * 2).requires_grad_()
     feature = torch.rand(4, 2)
-    record = BitRecord(feature, 4)
+    record = BitRecord(feature, 4, feature.device)
     y = selector(x, record)
 
     # second code path: explicit mixture with autograd
@@ -184,7 +184,7 @@ def test_weighted_bits_gradient_is_relative():
     """weighted_bits = b / E_p[b].detach(): its gradient is dE_p[b] / E_p[b]."""
     selector = _random_selector(3, [4, 6, 8], seed=3).train()
     x = torch.randn(2, 3, 4, 4)
-    record = BitRecord(torch.rand(2, 2), 2)
+    record = BitRecord(torch.rand(2, 2), 2, 'cpu')
     selector(x, record)
     chosen, weighted = record.bits()[:, 0], record.weighted_bits()
     weight = selector.fc.weight.detach().clone().requires_grad_()
@@ -205,19 +205,19 @@ def test_selector_eval_output_equals_training_output_and_samples_are_independent
     outs = {}
     for mode in ('train', 'eval'):
         getattr(selector, mode)()
-        record = BitRecord(feature, 6)
+        record = BitRecord(feature, 6, feature.device)
         outs[mode] = (selector(x, record).detach(), record.bits())
     assert torch.equal(outs['train'][0], outs['eval'][0])
     assert torch.equal(outs['train'][1], outs['eval'][1])
     assert outs['eval'][1].unique().numel() > 1, 'the random selector should choose several bit-widths'
     for i in range(6):
-        record = BitRecord(feature[i:i + 1], 1)
+        record = BitRecord(feature[i:i + 1], 1, feature.device)
         alone = selector(x[i:i + 1], record)
         assert torch.equal(alone[0], outs['eval'][0][i])
         assert torch.equal(record.bits()[0], outs['eval'][1][i])
 
 
 def test_record_rejects_out_of_order_selectors():
-    record = BitRecord(torch.zeros(1, 2), 1)
+    record = BitRecord(torch.zeros(1, 2), 1, 'cpu')
     with pytest.raises(RuntimeError, match='out of order'):
         record.add(1, torch.ones(1), torch.ones(1))

@@ -46,7 +46,7 @@ class CADyQNet(nn.Module):
         feature = image_gradient_feature(x, self.grad_scale) if self.n_selectors else None
         if self.backend == 'int8' and not self.training and not torch.compiler.is_exporting():
             x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's int8 convs work and answer in it
-        record = BitRecord(feature, x.shape[0])
+        record = BitRecord(feature, x.shape[0], x.device)
         sr, body, feats = self.forward_features(x, record)
         if not return_aux:
             return sr

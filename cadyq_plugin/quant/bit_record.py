@@ -9,11 +9,14 @@ class BitRecord:
         image_feature (Tensor | None): ``[B, 2]`` from :func:`image_gradient_feature`; ``None`` when the
             network has no selectors (fp / pams modes).
         batch (int): batch size, so an empty record still produces correctly shaped outputs.
+        device (torch.device): the network input's device, where an empty record makes its outputs (a
+            DataParallel gather needs every output on the replica's GPU).
     """
 
-    def __init__(self, image_feature, batch):
+    def __init__(self, image_feature, batch, device):
         self.image_feature = image_feature
         self.batch = batch
+        self.device = device
         self._bits = []
         self._weighted = []
 
@@ -28,8 +31,7 @@ class BitRecord:
     def bits(self):
         """``[B, n_selectors]`` chosen bit-widths (zero columns when there are no selectors)."""
         if not self._bits:
-            device = None if self.image_feature is None else self.image_feature.device
-            return torch.zeros(self.batch, 0, device=device)
+            return torch.zeros(self.batch, 0, device=self.device)
         return torch.stack(self._bits, dim=1)
 
     def weighted_bits(self):
@@ -40,6 +42,5 @@ class BitRecord:
         """``[B, n_selectors]`` the terms ``b / E_p[b]`` of :meth:`weighted_bits`, so that a BitOPs budget can
         weigh each selector by what its bits cost."""
         if not self._weighted:
-            device = None if self.image_feature is None else self.image_feature.device
-            return torch.zeros(self.batch, 0, device=device)
+            return torch.zeros(self.batch, 0, device=self.device)
         return torch.stack(self._weighted, dim=1)
