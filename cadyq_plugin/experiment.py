@@ -169,9 +169,16 @@ def guarded_setup(step, folder):
 
 class GracefulStop:
     """SIGTERM (Slurm's preemption and time limit, ``kill``) and SIGINT (Ctrl-C): the first one lets the current
-    iteration finish so that the run saves and exits; a second one stops at once."""
+    iteration finish so that the run saves and exits; a second one stops at once.
+
+    In a distributed run every rank must stop at the same iteration, which takes a collective; the ranks agree
+    every :attr:`POLL_EVERY` iterations (one all-reduce of a CPU flag), not in every iteration, so a steady-state
+    iteration needs no collective and no read of a device value. Dataloader workers ignore the signals
+    (:class:`WorkerInit`), so the main process can keep fetching batches until the ranks agree.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    POLL_EVERY = 10  # iterations between the ranks' agreements, in distributed runs
 
     def __init__(self):
         self.signum = None
@@ -195,8 +202,13 @@ class GracefulStop:
         print(f'{signal.Signals(signum).name} received: saving after the current iteration (send it again to stop '
               'at once)', file=sys.stderr, flush=True)
 
-    def requested(self):
-        """Whether any rank got a signal (every rank must agree, so all of them stop at the same iteration)."""
+    def requested(self, current_iter):
+        """Whether to stop after iteration ``current_iter``: a signal arrived (one process), or arrived on any rank
+        and this is an iteration where the ranks agree (distributed: every :attr:`POLL_EVERY` iterations)."""
+        if get_dist_info()[1] == 1:
+            return self.signum is not None
+        if current_iter % self.POLL_EVERY:
+            return False
         import torch
         flag = torch.tensor([0.0 if self.signum is None else float(self.signum)])
         all_reduce(flag, op='max')
@@ -209,17 +221,15 @@ class GracefulStop:
         return signal.Signals(self.signum).name if self.signum else None
 
 
-def _quit_quietly(signum, frame):
-    os._exit(0)
-
-
 class WorkerInit:
-    """A dataloader ``worker_init_fn`` that first makes SIGTERM/SIGINT end the worker quietly (exit status 0), then
-    runs ``inner`` (BasicSR's per-worker seeding).
+    """A dataloader ``worker_init_fn`` that first makes the worker ignore SIGTERM/SIGINT, then runs ``inner``
+    (BasicSR's per-worker seeding).
 
     Slurm and Ctrl-C signal every process, workers included. A worker killed by a signal makes PyTorch raise in the
-    main process at once, in the middle of a training step; a worker that exits quietly is noticed only at the next
-    batch, which the main process no longer fetches: it saves and stops (:class:`GracefulStop`).
+    main process at once, in the middle of a training step; a worker that ignores it keeps serving batches until the
+    main process stops (:class:`GracefulStop`: at once in a single process, within ``POLL_EVERY`` iterations in a
+    distributed run) and shuts the workers down. A worker whose main process died exits by itself (PyTorch's
+    watchdog).
     """
 
     def __init__(self, inner=None):
@@ -227,6 +237,6 @@ class WorkerInit:
 
     def __call__(self, worker_id):
         for signum in GracefulStop.SIGNALS:
-            signal.signal(signum, _quit_quietly)
+            signal.signal(signum, signal.SIG_IGN)
         if self.inner is not None:
             self.inner(worker_id)

@@ -41,7 +41,7 @@ class LossLog:
         names = list(self.sums)
         stacked = torch.stack([self.sums[name] for name in names] + [self.counts[name] for name in names])
         all_reduce(stacked, op='sum')  # a no-op outside a process group
-        values = stacked.tolist()
+        values = stacked.cpu().tolist()
         self.sums.clear()
         self.counts.clear()
         return OrderedDict((name, values[i] / values[len(names) + i] if values[len(names) + i] else float('nan'))

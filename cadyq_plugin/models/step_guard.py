@@ -140,18 +140,18 @@ class StepGuard:
         of a bad last step, raise :class:`TrainingDivergedError` once ``max_bad_steps`` were bad in a row."""
         if self._counters is None:
             return
-        counters = {name: int(value) for name, value in self._counters.items()}
+        names = list(self._counters)
+        values = torch.stack([self._counters[name].to(torch.int64) for name in names]).cpu().tolist()  # one copy
+        counters = dict(zip(names, values))
         if counters['since_check']:
-            values = self._describe_bad_values()
+            values = self._describe_bad_values() or 'no losses'
             if counters['since_check'] == 1:
-                where_bad = f'iter {counters["last_bad"]}'
+                what = f'iter {counters["last_bad"]}: non-finite loss or gradient ({values}); step skipped'
             else:
-                where_bad = (f'{counters["since_check"]} steps of iters {counters["first_bad"]}-'
-                             f'{counters["last_bad"]} (last: {values or "no losses"})')
-                values = ''
-            logger.warning(f'{where_bad}: non-finite loss or gradient{f" ({values})" if values else ""}; step '
-                           f'skipped, weights unchanged ({counters["consecutive"]}/{self.max_bad_steps} '
-                           'consecutive bad steps)')
+                what = (f'iters {counters["first_bad"]}-{counters["last_bad"]}: {counters["since_check"]} steps with '
+                        f'a non-finite loss or gradient (last: {values}); steps skipped')
+            logger.warning(f'{what}, weights unchanged ({counters["consecutive"]}/{self.max_bad_steps} consecutive '
+                           'bad steps)')
             with torch.no_grad():
                 self._counters['since_check'].zero_()
                 self._counters['first_bad'].fill_(-1)
@@ -196,7 +196,10 @@ class StepGuard:
         return self._counters
 
     def _describe_bad_values(self):
-        return ', '.join(f'{name}={_fmt(value)}' for name, value in self._bad_values.items())
+        if not self._bad_values:
+            return ''
+        values = torch.stack(list(self._bad_values.values())).cpu().tolist()
+        return ', '.join(f'{name}={_fmt(value)}' for name, value in zip(self._bad_values, values))
 
 
 def _device(tensors):
