@@ -171,23 +171,23 @@ class GracefulStop:
     """SIGTERM (Slurm's preemption and time limit, ``kill``) and SIGINT (Ctrl-C): the first one lets the current
     iteration finish so that the run saves and exits; a second one stops at once.
 
-    In a distributed run every rank must stop at the same iteration, which takes a collective; the ranks agree
-    every :attr:`POLL_EVERY` iterations (one all-reduce of a CPU flag), not in every iteration, so a steady-state
-    iteration needs no collective and no read of a device value. Dataloader workers ignore the signals
-    (:class:`WorkerInit`), so the main process can keep fetching batches until the ranks agree.
+    In a distributed run every rank must stop at the same iteration, before it fetches the next batch (the
+    dataloader workers got the signal too and are gone), so the ranks agree after every iteration: one all-reduce
+    of a CPU flag over gloo. With nccl a gloo group is made for it, so the agreement never waits for the GPU.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
-    POLL_EVERY = 10  # iterations between the ranks' agreements, in distributed runs
 
     def __init__(self):
         self.signum = None
         self._previous = {}
+        self._group = None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
             for signum in self.SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
+        self._group = cpu_group()
         return self
 
     def __exit__(self, *exc):
@@ -202,16 +202,13 @@ class GracefulStop:
         print(f'{signal.Signals(signum).name} received: saving after the current iteration (send it again to stop '
               'at once)', file=sys.stderr, flush=True)
 
-    def requested(self, current_iter):
-        """Whether to stop after iteration ``current_iter``: a signal arrived (one process), or arrived on any rank
-        and this is an iteration where the ranks agree (distributed: every :attr:`POLL_EVERY` iterations)."""
+    def requested(self):
+        """Whether any rank got a signal (every rank must agree, so all of them stop at the same iteration)."""
         if get_dist_info()[1] == 1:
             return self.signum is not None
-        if current_iter % self.POLL_EVERY:
-            return False
         import torch
         flag = torch.tensor([0.0 if self.signum is None else float(self.signum)])
-        all_reduce(flag, op='max')
+        all_reduce(flag, op='max', group=self._group)  # CPU tensors over gloo: no GPU involved
         if flag.item() and self.signum is None:
             self.signum = int(flag.item())
         return self.signum is not None
@@ -221,15 +218,26 @@ class GracefulStop:
         return signal.Signals(self.signum).name if self.signum else None
 
 
+def cpu_group():
+    """A process group whose collectives run on CPU tensors (gloo): the default group when it is gloo, else a new
+    gloo group of all ranks (a collective: every rank calls it); None outside a process group."""
+    if get_dist_info()[1] == 1:
+        return None
+    import torch.distributed as dist
+    return None if dist.get_backend() == 'gloo' else dist.new_group(backend='gloo')
+
+
+def _quit_quietly(signum, frame):
+    os._exit(0)
+
+
 class WorkerInit:
-    """A dataloader ``worker_init_fn`` that first makes the worker ignore SIGTERM/SIGINT, then runs ``inner``
-    (BasicSR's per-worker seeding).
+    """A dataloader ``worker_init_fn`` that first makes SIGTERM/SIGINT end the worker quietly (exit status 0), then
+    runs ``inner`` (BasicSR's per-worker seeding).
 
     Slurm and Ctrl-C signal every process, workers included. A worker killed by a signal makes PyTorch raise in the
-    main process at once, in the middle of a training step; a worker that ignores it keeps serving batches until the
-    main process stops (:class:`GracefulStop`: at once in a single process, within ``POLL_EVERY`` iterations in a
-    distributed run) and shuts the workers down. A worker whose main process died exits by itself (PyTorch's
-    watchdog).
+    main process at once, in the middle of a training step; a worker that exits quietly is noticed only at the next
+    batch, which the main process no longer fetches: it saves and stops (:class:`GracefulStop`).
     """
 
     def __init__(self, inner=None):
@@ -237,6 +245,6 @@ class WorkerInit:
 
     def __call__(self, worker_id):
         for signum in GracefulStop.SIGNALS:
-            signal.signal(signum, signal.SIG_IGN)
+            signal.signal(signum, _quit_quietly)
         if self.inner is not None:
             self.inner(worker_id)

@@ -115,7 +115,7 @@ def _train(opt, args, command, policy):
                 if opt.get('val') is not None and current_iter % opt['val']['val_freq'] == 0:
                     for val_loader in val_loaders:
                         model.validation(val_loader, current_iter, tb_logger, opt['val']['save_img'])
-                if stop.requested(current_iter):  # before the next batch
+                if stop.requested():  # before the next batch: the workers may be gone after Ctrl-C
                     _save_and_stop(model, stop, epoch, current_iter, last_saved, opt, logger, tb_logger)
                 data_timer.start()
                 iter_timer.start()

@@ -234,15 +234,18 @@ class CADyQSRModel(SRModel):
                 torch._foreach_copy_(list(ema), [torch.where(ok, p, saved) for p, saved in ema.items()])
         self.step_guard.record(ok, current_iter, self.log_dict)
         self.loss_log.add(self.log_dict, ok)
-        if self.device.type == 'cpu' or current_iter % self._print_freq() == 0:
+        if self.device.type == 'cpu' or self._is_print_iteration(current_iter):
             self.check_steps(current_iter)
 
     def check_steps(self, current_iter):
         """The step guard's host-side check (warnings, the stop); see :mod:`step_guard`."""
         self.step_guard.check(current_iter, get_root_logger(), self.optimizers, checkpoint_dirs(self))
 
-    def _print_freq(self):
-        return int((self.opt.get('logger') or {}).get('print_freq', 1))
+    def _is_print_iteration(self, current_iter):
+        """``logger.print_freq`` divides ``current_iter`` (never for a model built without a logger section, as
+        the benchmark's: it is checked before saves only)."""
+        print_freq = (self.opt.get('logger') or {}).get('print_freq')
+        return bool(print_freq) and current_iter % int(print_freq) == 0
 
     def _ema_snapshot(self):
         return {p: p.detach().clone() for p in self.net_g_ema.parameters()}

@@ -8,7 +8,7 @@ then launches the next operations; a copy from pageable host memory blocks too. 
 runs on PyTorch's fake CUDA tensors (the test suite, no GPU needed: ``stub_reads`` answers reads with zero, as
 fake tensors hold no values) and on a real GPU (``scripts/gpu_check.py``).
 
-:func:`tiny_stage_model` builds the model of one stage (``fp``: CADyQSRModel; ``pams`` and ``cadyq``: CADyQModel
+:func:`stage_model` builds the model of one stage (``fp``: CADyQSRModel; ``pams`` and ``cadyq``: CADyQModel
 with its teacher and distillation; ``budget``: cadyq trained to a target FAB) on a tiny EDSR_CADyQ, and
 :func:`count_step_syncs` runs steps of it under the counter.
 """
@@ -87,16 +87,17 @@ def _caller():
 
 
 # ------------------------------------------------------------------------------------------------ tiny stages
-def stage_options(stage, workdir, calib_iters=1, print_freq=1000):
-    """In-process training options of ``stage`` (see the module doc) on :data:`TINY_NET`; its teachers are saved
-    in ``workdir`` (an FP network for pams, a PAMS one for cadyq)."""
+def stage_options(stage, workdir, network=TINY_NET, calib_iters=1, print_freq=1000):
+    """In-process training options of ``stage`` (see the module doc) on ``network`` (a ``network_g`` section
+    without ``quant_mode``; :data:`TINY_NET` by default); its teachers are saved in ``workdir`` (an FP network for
+    pams, a PAMS one for cadyq)."""
     if stage not in STAGES:
         raise ValueError(f'stage must be one of {STAGES}, got {stage!r}')
     mode = 'cadyq' if stage == 'budget' else stage
     opt = {
         'name': f'host_syncs_{stage}', 'num_gpu': 0, 'is_train': True, 'dist': False, 'rank': 0, 'world_size': 1,
-        'scale': TINY_NET['upscale'], 'model_type': 'CADyQSRModel' if mode == 'fp' else 'CADyQModel',
-        'network_g': dict(TINY_NET, quant_mode=mode, calib_iters=calib_iters),
+        'scale': network['upscale'], 'model_type': 'CADyQSRModel' if mode == 'fp' else 'CADyQModel',
+        'network_g': dict(network, quant_mode=mode, calib_iters=calib_iters),
         'path': {'pretrain_network_g': None, 'models': workdir, 'training_states': workdir},
         'logger': {'print_freq': print_freq},
         'train': {'optim_g': {'type': 'Adam', 'lr': 1e-4}, 'optim_alpha': {'lr': 1e-2},
@@ -107,8 +108,8 @@ def stage_options(stage, workdir, calib_iters=1, print_freq=1000):
     }
     if mode != 'fp':
         teacher_mode = 'fp' if mode == 'pams' else 'pams'
-        opt['network_t'] = dict(TINY_NET, quant_mode=teacher_mode)
-        opt['path']['pretrain_network_t'] = _teacher(teacher_mode, workdir)
+        opt['network_t'] = dict(network, quant_mode=teacher_mode)
+        opt['path']['pretrain_network_t'] = _teacher(network, teacher_mode, workdir)
         opt['train']['kd_opt'] = {'type': 'ATLoss', 'loss_weight': 1e3, 'feature_weight': 0.1}
     if mode == 'cadyq':
         opt['train']['bit_opt'] = {'type': 'BitLoss', 'loss_weight': 1e-4, 'growth': 1e-6}
@@ -117,21 +118,21 @@ def stage_options(stage, workdir, calib_iters=1, print_freq=1000):
     return opt
 
 
-def _teacher(mode, workdir):
+def _teacher(network, mode, workdir):
     from basicsr.archs import build_network
-    path = osp.join(workdir, f'teacher_{mode}.pth')
+    path = osp.join(workdir, f'teacher_{network["type"]}_{mode}.pth')
     if not osp.exists(path):
         torch.manual_seed(0)
-        torch.save({'params': build_network(dict(TINY_NET, quant_mode=mode)).state_dict()}, path)
+        torch.save({'params': build_network(dict(network, quant_mode=mode)).state_dict()}, path)
     return path
 
 
-def tiny_stage_model(stage, workdir, calib_iters=1, print_freq=1000):
+def stage_model(stage, workdir, network=TINY_NET, calib_iters=1, print_freq=1000):
     """The model of ``stage`` (:func:`stage_options`) on the CPU; :func:`move_model` puts it on a device."""
     import cadyq_plugin  # noqa: F401  (registration)
     from basicsr.models import build_model
     torch.manual_seed(0)
-    return build_model(stage_options(stage, workdir, calib_iters, print_freq))
+    return build_model(stage_options(stage, workdir, network, calib_iters, print_freq))
 
 
 def move_model(model, device):
