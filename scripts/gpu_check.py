@@ -495,7 +495,7 @@ def run_checks(checks, device, quick, workdir, budget, isolate=True, log=print, 
         share = dict((n, s) for n, _, s in CHECKS)[name]
         left = budget - (clock() - start)
         seconds = min(share * budget, left)
-        if seconds < min(10.0, 0.02 * budget):
+        if seconds < min(15.0, 0.05 * budget):  # too little left to start a process and do anything
             status, markdown, took = 'skipped', f'skipped: {left:.0f} s of the {budget:.0f} s budget left', 0.0
         else:
             log(f'[gpu_check] {name} (at most {seconds:.0f} s) ...')
