@@ -18,7 +18,7 @@ import cadyq_plugin  # noqa: F401  (compat shim before basicsr)
 from basicsr.archs import build_network
 from cadyq_plugin import determinism, distributed, resume
 from cadyq_plugin.config_check import ConfigError, check_options
-from cadyq_plugin.models.sr_model import make_optimizer
+from cadyq_plugin.models.sr_model import keep_implementation, make_optimizer
 from cadyq_plugin.models.step_guard import StepGuard, TrainingDivergedError
 from cadyq_plugin.options import read_yml
 from cadyq_plugin.tools import infer_cli
@@ -199,6 +199,29 @@ def test_after_max_bad_steps_every_step_is_skipped_until_the_check_stops_the_run
     with pytest.raises(TrainingDivergedError, match=r'training stopped at iter 4: 3 consecutive steps .* \(found '
                        r'at iter 6; every step in between was skipped too\)'):
         guard.check(6, logging.getLogger('test'), [optimizer])
+
+
+@pytest.mark.parametrize('saved_fused', [False, True], ids=['a state of a foreach run', 'a state of a fused run'])
+def test_a_resumed_optimizer_keeps_this_runs_implementation(saved_fused):
+    """A state saved by a non-fused run (the CPU, or before optimizers ran fused on CUDA) loaded into a fused
+    optimizer (CUDA), and the other way round: the step keeps this run's implementation and the skip works."""
+    def trained(fused):
+        param = torch.nn.Parameter(torch.ones(3))
+        optimizer = torch.optim.Adam([param], lr=0.1, fused=fused)
+        param.grad = torch.ones(3)
+        optimizer.step()
+        return param, optimizer
+
+    _, saved = trained(saved_fused)
+    param, optimizer = trained(not saved_fused)
+    optimizer.load_state_dict(saved.state_dict())
+    keep_implementation(optimizer)
+    assert optimizer.param_groups[0]['fused'] is (not saved_fused)
+    before = param.detach().clone()
+    StepGuard().step([optimizer], torch.tensor(False))  # a bad step: found_inf (fused) or not stepped
+    assert torch.equal(param, before)
+    StepGuard().step([optimizer], torch.tensor(True))
+    assert not torch.equal(param, before) and int(optimizer.state[param]['step']) == 2
 
 
 # ------------------------------------------------------------------------------------------------ DataParallel

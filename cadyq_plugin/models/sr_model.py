@@ -155,6 +155,8 @@ class CADyQSRModel(SRModel):
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
+        for optimizer in self.optimizers:
+            keep_implementation(optimizer)
         self.load_training_state_extras(resume_state.get(STATE_KEY) or {})
 
     def load_training_state_extras(self, extras):
@@ -374,6 +376,20 @@ class CADyQSRModel(SRModel):
                 log_bit_map(tb_logger, f'bit_maps/{dataset_name}/{row["name"]}', row['bit_map'], current_iter)
         log_bit_histograms(tb_logger, f'bits/{dataset_name}', torch.cat([row['bits'] for row in rows]),
                            current_iter)
+
+
+def keep_implementation(optimizer):
+    """After loading a state saved by another run (on another device, or before optimizers ran fused on CUDA): the
+    implementation chosen for this run (``fused`` / ``foreach`` / ``capturable``; a loaded state brings the saved
+    run's) and the step counts where it keeps them (on the parameters' device when fused or capturable)."""
+    on_device = bool(optimizer.defaults.get('fused') or optimizer.defaults.get('capturable'))
+    for group in optimizer.param_groups:
+        group.update({key: optimizer.defaults[key] for key in ('fused', 'foreach', 'capturable')
+                      if key in optimizer.defaults})
+        for param in group['params']:
+            step = optimizer.state.get(param, {}).get('step')
+            if torch.is_tensor(step):
+                optimizer.state[param]['step'] = step.to(param.device if on_device else 'cpu', torch.float32)
 
 
 FUSED_ON_CUDA = ('Adam', 'AdamW', 'SGD')  # torch.optim classes with a fused CUDA step that honours found_inf
