@@ -642,7 +642,7 @@ def _check_val(opt, phase, student, problems):
 
 
 def _check_patchwise(opt, patchwise, cadyq_model, problems):
-    """``val.patchwise: {patch, step, batch}`` (SPEC §6): positive integers with ``step <= patch`` (else the centre
+    """``val.patchwise: {patch, step, batch}``: positive integers with ``step <= patch`` (else the centre
     crops leave gaps) and ``(patch - step) * scale`` even (the HR margin ``s = (patch - step) / 2 * scale`` each
     patch gives up on each side must be whole pixels, or the crops are not centred)."""
     if not isinstance(patchwise, dict):

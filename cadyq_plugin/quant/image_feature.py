@@ -1,4 +1,4 @@
-"""The per-image content feature the bit selectors condition on (SPEC §2)."""
+"""The per-image content feature the bit selectors condition on: the mean absolute Sobel gradient of the LR image."""
 import torch
 import torch.nn.functional as F
 
