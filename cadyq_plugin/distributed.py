@@ -42,8 +42,12 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 DIST_PARAM_KEYS = ('backend', 'port', 'timeout')
 
-__all__ = ['DIST_PARAM_KEYS', 'barrier', 'choose_backend', 'choose_gpu', 'get_dist_info', 'init_dist',
+__all__ = ['DIST_PARAM_KEYS', 'LaunchError', 'barrier', 'choose_backend', 'choose_gpu', 'get_dist_info', 'init_dist',
            'is_distributed', 'uses_cuda', 'wrap_model']
+
+
+class LaunchError(RuntimeError):
+    """A launch that cannot work (environment, processes per GPU); the message says what to change."""
 
 
 # --------------------------------------------------------------------------------------------- process group
@@ -105,7 +109,7 @@ def choose_gpu(local_rank, local_world_size, gpu_count, backend, launcher):
     if backend == 'nccl':
         visible = os.environ.get('CUDA_VISIBLE_DEVICES')
         counted = f'{processes}' if local_world_size else f'at least {processes} (local rank {local_rank})'
-        raise RuntimeError(
+        raise LaunchError(
             f'{counted} processes on this node but {gpu_count} visible GPU{"s" if gpu_count != 1 else ""}'
             f'{f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""}: nccl needs one GPU per '
             f'process. Start at most {gpu_count} per node (torchrun --nproc_per_node {gpu_count}, srun '
@@ -132,7 +136,7 @@ def destroy_process_group():
 def _require_env(names, launcher):
     missing = [name for name in names if name not in os.environ]
     if missing:
-        raise RuntimeError(f'--launcher {launcher} needs the environment variables {", ".join(missing)}; start the '
+        raise LaunchError(f'--launcher {launcher} needs the environment variables {", ".join(missing)}; start the '
                            f'run with {"torchrun" if launcher == "pytorch" else "srun"} (see scripts/)')
 
 
