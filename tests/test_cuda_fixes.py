@@ -25,7 +25,7 @@ from cadyq_plugin.tools import infer_cli
 from tiny_workspace import OPTIONS
 
 STAGE3 = os.path.join(OPTIONS, 'train_edsrbaseline_cadyq.yml')
-TEST = os.path.join(OPTIONS, 'test_cadyq_image.yml')
+TEST = os.path.join(OPTIONS, 'test_edsrbaseline_cadyq_image.yml')
 
 
 # ------------------------------------------------------------------------------------------------ 3. resume

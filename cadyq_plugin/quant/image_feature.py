@@ -1,4 +1,4 @@
-"""The per-image content feature the bit selectors condition on: the mean absolute Sobel gradient of the LR image."""
+"""The per-image content feature the bit selectors condition on (``docs/method.md#bit-selector``)."""
 import torch
 import torch.nn.functional as F
 
