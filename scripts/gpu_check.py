@@ -154,13 +154,14 @@ def check_host_syncs(ctx):
 
     import torch
 
-    from cadyq_plugin.tools.host_syncs import STAGES, count_step_syncs, move_model, stage_model, training_batches
+    from cadyq_plugin.tools.host_syncs import (STAGES, count_step_syncs, move_model, run_steps, stage_model,
+                                               training_batches)
     device = _torch_device(ctx)
     rows, details = [], []
     for stage in STAGES:
         model = move_model(stage_model(stage, tempfile.mkdtemp(dir=ctx.workdir)), device)
-        batches = training_batches(6)
-        count_step_syncs(model, batches[:3], first_iter=1)  # warm-up: optimizer state, the calibrating step
+        batches = training_batches(6, pinned=ctx.cuda)
+        run_steps(model, batches[:3], first_iter=1)  # warm-up: optimizer state, the calibrating step
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter('always')
             if ctx.cuda:
@@ -195,7 +196,7 @@ def check_profile(ctx):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from cadyq_plugin.tools.host_syncs import STAGES, count_step_syncs, move_model, stage_model, training_batches
+    from cadyq_plugin.tools.host_syncs import STAGES, move_model, run_steps, stage_model, training_batches
     device = _torch_device(ctx)
     network = ({'type': 'EDSR_CADyQ', 'num_feat': 8, 'num_block': 2, 'upscale': 2} if ctx.quick else
                {'type': 'EDSR_CADyQ', 'upscale': 4})
@@ -204,12 +205,12 @@ def check_profile(ctx):
     rows = []
     for stage in STAGES[:3]:
         model = move_model(stage_model(stage, tempfile.mkdtemp(dir=ctx.workdir), network), device)
-        batches = training_batches(steps + 3, batch, lq_size, _scale(network))
-        count_step_syncs(model, batches[:3], first_iter=1)
+        batches = training_batches(steps + 3, batch, lq_size, _scale(network), pinned=ctx.cuda)
+        run_steps(model, batches[:3], first_iter=1)
         _sync(device)
         with profile(activities=activities) as prof:
             start = time.perf_counter()
-            count_step_syncs(model, batches[3:], first_iter=4)
+            run_steps(model, batches[3:], first_iter=4)
             _sync(device)
             wall = (time.perf_counter() - start) / steps
         events = prof.events()
@@ -225,7 +226,7 @@ def check_profile(ctx):
     header = (['stage', 'GPU operations / step', 'GPU busy ms / step', 'wall ms / step', 'busy / wall'] if ctx.cuda else
               ['stage', 'aten ops / step', '-', 'wall ms / step', '-'])
     return (f'{network["type"]} {network.get("num_feat", 64)} features, batch {batch}, LR {lq_size}x{lq_size}, '
-            f'{steps} profiled steps after 3 warm-up steps (steps of the host-sync check).\n\n' + _table(header, rows))
+            f'{steps} profiled steps after 3 warm-up steps; wall time under the profiler.\n\n' + _table(header, rows))
 
 
 def check_golden(ctx):
@@ -462,6 +463,8 @@ def run_check(name, ctx):
     function = dict((n, f) for n, f, _ in CHECKS)[name]
     try:
         import cadyq_plugin  # noqa: F401  (its import-time fixes come before anything imports basicsr)
+        from cadyq_plugin.determinism import apply_determinism
+        apply_determinism(None)  # what a run gets by default
         return 'ok', function(ctx)
     except CheckFailed as failure:
         return 'FAILED', str(failure)

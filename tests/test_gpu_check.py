@@ -72,3 +72,13 @@ def test_checks_that_no_longer_fit_the_budget_are_skipped(tmp_path, monkeypatch)
                                   log=lambda line: None, clock=lambda: clock[0])
     assert '| slow | ok | 97 |' in report
     assert '| next | skipped |' in report and 'skipped: 3 s of the 100 s budget left' in report
+
+
+def test_only_some_checks(tmp_path):
+    """``--only`` (the documented way to rerun a part) runs those checks, in the order given."""
+    report = tmp_path / 'part.md'
+    proc = subprocess.run([sys.executable, SCRIPT, '--device', 'cpu', '--quick', '--only', 'golden', 'versions',
+                           '--out', str(report)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = report.read_text()
+    assert text.index('| golden | ok |') < text.index('| versions | ok |') and '| torchrun |' not in text

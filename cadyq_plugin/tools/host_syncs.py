@@ -148,20 +148,26 @@ def move_model(model, device):
     return model
 
 
-def training_batches(count, batch=2, lq_size=8, scale=TINY_NET['upscale'], seed=0):
-    """``count`` random training batches on the CPU (``lq`` [batch, 3, lq_size, lq_size] and its ``gt``)."""
+def training_batches(count, batch=2, lq_size=8, scale=TINY_NET['upscale'], seed=0, pinned=False):
+    """``count`` random training batches on the CPU (``lq`` [batch, 3, lq_size, lq_size] and its ``gt``), in pinned
+    memory if ``pinned`` (as the training loader gives them on CUDA runs; pinning needs CUDA)."""
     generator = torch.Generator().manual_seed(seed)
-    return [{'lq': torch.rand(batch, 3, lq_size, lq_size, generator=generator),
-             'gt': torch.rand(batch, 3, lq_size * scale, lq_size * scale, generator=generator)}
-            for _ in range(count)]
+    batches = [{'lq': torch.rand(batch, 3, lq_size, lq_size, generator=generator),
+                'gt': torch.rand(batch, 3, lq_size * scale, lq_size * scale, generator=generator)}
+               for _ in range(count)]
+    return [{key: value.pin_memory() for key, value in b.items()} for b in batches] if pinned else batches
+
+
+def run_steps(model, batches, first_iter=1):
+    """``feed_data`` and ``optimize_parameters`` on each batch, iterations ``first_iter``, ``first_iter + 1``, ..."""
+    for current_iter, batch in enumerate(batches, start=first_iter):
+        model.feed_data(batch)
+        model.optimize_parameters(current_iter)
 
 
 def count_step_syncs(model, batches, first_iter=1, stub_reads=False):
-    """Run ``feed_data`` and ``optimize_parameters`` on each batch (iterations ``first_iter``, ...) under a
-    :class:`HostSyncCounter`; return it."""
+    """:func:`run_steps` under a :class:`HostSyncCounter`; return the counter."""
     counter = HostSyncCounter(stub_reads)
     with counter:
-        for current_iter, batch in enumerate(batches, start=first_iter):
-            model.feed_data(batch)
-            model.optimize_parameters(current_iter)
+        run_steps(model, batches, first_iter)
     return counter
