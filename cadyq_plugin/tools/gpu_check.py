@@ -1,7 +1,7 @@
 """One-shot acceptance of the CUDA path on the first GPU: runs every check and writes one markdown report.
 
-    python scripts/gpu_check.py                      # CUDA, full sizes, report gpu_check_report.md (< 8 min on an H100)
-    python scripts/gpu_check.py --device cpu --quick # every check that does not need CUDA, tiny sizes (what CI runs)
+    basicsr gpu-check                      # CUDA, full sizes, report gpu_check_report.md (< 8 min on an H100)
+    basicsr gpu-check --device cpu --quick # every check that does not need CUDA, tiny sizes (what CI runs)
 
 Each check runs in a process of its own with a time limit (a crash, a CUDA error or a hang is reported for that
 check and the others still run) and returns a markdown section; the whole run keeps to ``--budget`` seconds
@@ -22,7 +22,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_BUDGET = 420  # seconds: leaves a minute of the 8 to spare on one H100
 
 
@@ -426,8 +426,8 @@ def check_inference(ctx):
 
 
 def check_benchmark(ctx):
-    """``scripts/benchmark.py --device <device>`` (its own tables)."""
-    args = [sys.executable, os.path.join(REPO, 'scripts', 'benchmark.py'), '--device', ctx.device]
+    """``basicsr benchmark --device <device>`` (its own tables)."""
+    args = [sys.executable, '-m', 'cadyq_plugin.cli', 'benchmark', '--device', ctx.device]
     if ctx.quick:
         args += ['--archs', 'EDSR_CADyQ', '--batch', '2', '--patch', '32', '--repeats', '1', '--warmup', '0',
                  '--infer-lr', '16', '--skip', 'patchwise', 'memory', 'backends', 'backend-memory']
@@ -440,7 +440,7 @@ def check_benchmark(ctx):
         out, status = (err.stdout or b'').decode() if isinstance(err.stdout, bytes) else (err.stdout or ''), 'timeout'
     if status != 0:
         raise RuntimeError(f'benchmark exit status {status}:\n{out[-3000:]}')
-    return f'`{" ".join(args[1:])}`\n\n```\n{out.strip()}\n```'
+    return f'`basicsr {" ".join(args[3:])}`\n\n```\n{out.strip()}\n```'
 
 
 # (name, function, the share of the budget it may take at most); all run on the CPU too, with tiny sizes
@@ -475,7 +475,7 @@ def run_check(name, ctx):
 def run_isolated(name, ctx):
     """Run one check in a process of its own, killed at ``ctx.seconds``; ``(status, markdown)``."""
     result_path = os.path.join(ctx.workdir, f'{name}.json')
-    command = [sys.executable, os.path.abspath(__file__), '--run-check', name, '--device', ctx.device, '--workdir',
+    command = [sys.executable, '-m', 'cadyq_plugin.cli', 'gpu-check', '--run-check', name, '--device', ctx.device, '--workdir',
                ctx.workdir, '--seconds', str(ctx.seconds)] + (['--quick'] if ctx.quick else [])
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=ctx.seconds + 30)
@@ -510,14 +510,15 @@ def run_checks(checks, device, quick, workdir, budget, isolate=True, log=print, 
         summary.append((name, status, f'{took:.0f}'))
         doc = (dict((n, f) for n, f, _ in CHECKS)[name].__doc__ or '').strip()
         sections.append(f'## {name}\n\n{doc}\n\n{markdown}')
-    header = (f'# GPU acceptance report\n\n`python scripts/gpu_check.py --device {device}'
+    header = (f'# GPU acceptance report\n\n`basicsr gpu-check --device {device}'
               f'{" --quick" if quick else ""}` on {platform.node()}, {time.strftime("%Y-%m-%d %H:%M")}, '
               f'{clock() - start:.0f} s of a {budget:.0f} s budget.\n\n')
     return header + _table(['check', 'result', 's'], summary) + '\n\n' + '\n\n'.join(sections) + '\n'
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = argparse.ArgumentParser(prog='basicsr gpu-check', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', choices=['cuda', 'cpu'], default='cuda')
     parser.add_argument('--out', default='gpu_check_report.md', help='the markdown report')
     parser.add_argument('--quick', action='store_true', help='tiny sizes (what CI runs with --device cpu)')
@@ -526,8 +527,12 @@ def main(argv=None):
     parser.add_argument('--workdir', help='work folder (default: a new temporary one)')
     parser.add_argument('--run-check', help=argparse.SUPPRESS)  # one check, in the process run_isolated starts
     parser.add_argument('--seconds', type=float, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
-    sys.path.insert(0, REPO)
     workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix='gpu_check_'))
     os.makedirs(workdir, exist_ok=True)
     if args.run_check:

@@ -1,0 +1,110 @@
+"""The ``basicsr`` commands: one table, one shape of module, and a smoke test of each command that has none
+elsewhere, run through the real entry point on tiny inputs (train/test: test_cli_pipeline.py; bitops:
+test_bitops.py; convert: test_golden_convert.py; infer/export: test_deploy.py; gpu-check: test_gpu_check.py)."""
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import lmdb
+import numpy as np
+import pytest
+
+from cadyq_plugin.cli import COMMANDS, PIPELINES, main as cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _images(folder, sizes, seed=0):
+    """Random BGR images ``{name: (height, width)}`` written as PNGs into ``folder``."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for name, (height, width) in sizes.items():
+        cv2.imwrite(str(folder / name), rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    return folder
+
+
+def _shape(path):
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape
+
+
+# ---------------------------------------------------------------------------------------------- the command table
+@pytest.mark.parametrize('name', [name for name in COMMANDS if name not in PIPELINES])
+def test_every_command_is_a_tools_module_with_build_parser_and_main(name):
+    module = importlib.import_module(COMMANDS[name].module)
+    assert module.__name__.startswith('cadyq_plugin.tools.')
+    assert module.build_parser().prog == f'basicsr {name}'
+    assert callable(module.main)
+
+
+def test_help_lists_every_command_with_its_summary(capsys):
+    assert cli_main(['--help']) == 0
+    listed = {line.split()[0]: line.split(None, 1)[1] for line in capsys.readouterr().out.splitlines()
+              if line.startswith('  ')}
+    assert listed == {name: command.summary for name, command in COMMANDS.items()}
+    assert cli_main(['no-such-command']) == 2
+    assert "unknown command 'no-such-command'" in capsys.readouterr().err
+
+
+def test_scripts_hold_launchers_only():
+    """Python files in scripts/ are launchers of a command (or install.sh's helper, needed before the install)."""
+    for path in sorted((REPO / 'scripts').glob('*.py')):
+        if path.name == 'install_status.py':
+            continue
+        command = path.stem.replace('_', '-')
+        assert command in COMMANDS, f'{path}: not a command'
+        assert f"main(['{command}'] + sys.argv[1:])" in path.read_text(), f'{path}: not a launcher of {command}'
+
+
+def test_a_launcher_runs_its_command(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / 'scripts' / 'gpu_check.py'), '--help'], capture_output=True,
+                         text=True, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert out.returncode == 0 and out.stdout.startswith('usage: basicsr gpu-check')
+
+
+# ---------------------------------------------------------------------------------------------- data preparation
+def test_prepare_div2k_writes_sub_image_lmdbs_of_every_scale(tmp_path):
+    hr = _images(tmp_path / 'DIV2K_train_HR', {'0001.png': (100, 130), '0002.png': (72, 96)})
+    root = tmp_path / 'datasets'
+    assert cli_main(['prepare-div2k', '--hr', str(hr), '--root', str(root), '--scales', '2', '4', '--crop-size', '48',
+                     '--step', '24']) == 0
+    base = root / 'DIV2K'
+    # HR mod-cropped by 4: 100x128 and 72x96. Crops of 48 every 24, plus a border crop where some is left: rows 0, 24,
+    # 48, 52 and columns 0, 24, 48, 72, 80 of the first; rows 0, 24 and columns 0, 24, 48 of the second
+    expected = 4 * 5 + 2 * 3
+    for folder, size in (('DIV2K_train_HR_sub.lmdb', 48), ('DIV2K_train_LR_bicubic_X2_sub.lmdb', 24),
+                         ('DIV2K_train_LR_bicubic_X4_sub.lmdb', 12)):
+        meta = (base / folder / 'meta_info.txt').read_text().split('\n')
+        meta = [line for line in meta if line]
+        assert len(meta) == expected and all(f'({size},{size},3)' in line for line in meta)
+        with lmdb.open(str(base / folder), readonly=True, lock=False) as env:
+            assert env.stat()['entries'] == expected
+    assert _shape(base / 'DIV2K_train_LR_bicubic' / 'X4' / '0001x4.png') == (25, 32, 3)
+
+
+def test_prepare_benchmark_mod_crops_and_refuses_a_bad_mapping(tmp_path, capsys):
+    src = _images(tmp_path / 'Set5', {'baby.png': (101, 143), 'bird.bmp': (64, 50)})
+    root = tmp_path / 'datasets'
+    assert cli_main(['prepare-benchmark', '--set', f'Set5={src}', '--root', str(root), '--scale', '3']) == 0
+    out = root / 'benchmark' / 'Set5'
+    assert {p.name: _shape(p) for p in (out / 'HR').iterdir()} == {'baby.png': (99, 141, 3), 'bird.png': (63, 48, 3)}
+    assert {p.name: _shape(p) for p in (out / 'LR_bicubic' / 'X3').iterdir()} == {
+        'baby.png': (33, 47, 3), 'bird.png': (21, 16, 3)}
+    with pytest.raises(SystemExit) as stopped:
+        cli_main(['prepare-benchmark', '--set', 'Set5', '--root', str(root)])
+    assert stopped.value.code == 2 and 'KEY=PATH' in capsys.readouterr().err
+
+
+def test_prepare_div8k_as_a_process(tmp_path):
+    div8k = _images(tmp_path / 'DIV8K', {'1201.png': (96, 136), '1301.png': (48, 68), '1401.png': (24, 34)})
+    root = tmp_path / 'datasets'
+    out = subprocess.run([sys.executable, '-m', 'cadyq_plugin.cli', 'prepare-div8k', '--hr', str(div8k), '--root',
+                          str(root), '--scale', '2'], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    # downsampled from 8K by 4 / 2 / 1, then mod-cropped by the scale 2
+    for name, image, hr in (('Test2K', '1201.png', (24, 34)), ('Test4K', '1301.png', (24, 34)),
+                            ('Test8K', '1401.png', (24, 34))):
+        assert _shape(root / name / 'HR' / image) == hr + (3, )
+        assert _shape(root / name / 'LR_bicubic' / 'X2' / image) == (hr[0] // 2, hr[1] // 2, 3)
