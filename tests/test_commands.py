@@ -108,3 +108,22 @@ def test_prepare_div8k_as_a_process(tmp_path):
                             ('Test8K', '1401.png', (24, 34))):
         assert _shape(root / name / 'HR' / image) == hr + (3, )
         assert _shape(root / name / 'LR_bicubic' / 'X2' / image) == (hr[0] // 2, hr[1] // 2, 3)
+
+
+# ---------------------------------------------------------------------------------------------- the quickstart
+def test_quickstart_trains_tests_and_tabulates_every_stage(tmp_path):
+    """One iteration per stage: the real orchestration (data, three ``basicsr train``, three ``basicsr test``)."""
+    out = subprocess.run([sys.executable, '-m', 'cadyq_plugin.cli', 'quickstart', '--iters', '1', '1', '1', '--batch',
+                          '1', '--gt-size', '16', '--workdir', str(tmp_path / 'work')], capture_output=True, text=True,
+                         timeout=1200, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = {cells[0]: cells[1:] for cells in ([cell.strip() for cell in line.strip('|').split('|')]
+                                              for line in out.stdout.splitlines() if line.startswith('| '))}
+    psnr, ssim, fab, bitops = zip(*(rows[stage] for stage in ('fp', 'pams', 'cadyq')))
+    assert all(float(value) > 0 for value in psnr + ssim)
+    assert fab[0] == '32 (FP)' and fab[1] == '8.00' and 4 <= float(fab[2]) <= 8
+    assert float(bitops[0]) > float(bitops[1]) >= float(bitops[2])
+    phases = ('start (python, imports)', 'data', 'fp train', 'fp test', 'pams train', 'pams test', 'cadyq train',
+              'cadyq test', 'total')
+    assert all(phase in rows for phase in phases)
+    assert (tmp_path / 'work' / 'experiments').is_dir()
