@@ -1,6 +1,7 @@
 """The ``basicsr`` commands: one table, one shape of module, and a smoke test of each command that has none
 elsewhere, run through the real entry point on tiny inputs (train/test: test_cli_pipeline.py; bitops:
 test_bitops.py; convert: test_golden_convert.py; infer/export: test_deploy.py; gpu-check: test_gpu_check.py)."""
+import ast
 import importlib
 import os
 import subprocess
@@ -56,6 +57,36 @@ def test_scripts_hold_launchers_only():
         command = path.stem.replace('_', '-')
         assert command in COMMANDS, f'{path}: not a command'
         assert f"main(['{command}'] + sys.argv[1:])" in path.read_text(), f'{path}: not a launcher of {command}'
+
+
+def tools_imports():
+    """``{module: tools modules it imports}`` for the modules of cadyq_plugin/tools, function-level imports included."""
+    graph = {}
+    for path in (REPO / 'cadyq_plugin' / 'tools').glob('*.py'):
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == 'cadyq_plugin.tools':
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith('cadyq_plugin.tools.'):
+                imported.add(node.module.split('.')[2])
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name.split('.')[2] for alias in node.names
+                                if alias.name.startswith('cadyq_plugin.tools.'))
+        graph[path.stem] = imported - {path.stem}
+    return graph
+
+
+def test_the_tools_import_no_cycle():
+    graph = tools_imports()
+    assert 'backend_benchmark' in graph['benchmark'], 'the walk sees imports inside functions'
+
+    def visit(module, path):
+        assert module not in path, f'import cycle: {" -> ".join(path[path.index(module):] + [module])}'
+        for imported in graph.get(module, ()):
+            visit(imported, path + [module])
+
+    for module in graph:
+        visit(module, [])
 
 
 def test_a_launcher_runs_its_command(tmp_path):
