@@ -550,6 +550,3 @@ def main(argv=None):
     print(f'[gpu_check] report: {os.path.abspath(args.out)} (work folder {workdir})')
     return 0
 
-
-if __name__ == '__main__':
-    sys.exit(main())
