@@ -6,7 +6,8 @@
 Each check runs in a process of its own with a time limit (a crash, a CUDA error or a hang is reported for that
 check and the others still run) and returns a markdown section; the whole run keeps to ``--budget`` seconds
 (a check that no longer fits is reported as skipped). Checks are the functions of :data:`CHECKS`, in order; add
-one by writing ``def check_<name>(ctx) -> str`` and listing it there. ``ctx`` (:class:`Context`) holds the device,
+one by writing ``def check_<name>(ctx) -> str`` (in ``gpu_check_network.py`` if it runs in the check's process, in
+``gpu_check_runs.py`` if it runs ``basicsr`` commands) and listing it there. ``ctx`` (:class:`Context`) holds the device,
 the sizes (``--quick``), a work folder and the check's own time limit.
 
 What is measured is described in ``docs/distributed_and_gpus.md``.
