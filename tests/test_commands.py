@@ -4,6 +4,7 @@ test_bitops.py; convert: test_golden_convert.py; infer/export: test_deploy.py; g
 import ast
 import importlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import cv2
 import lmdb
 import numpy as np
 import pytest
+import torch
 
 from cadyq_plugin.cli import COMMANDS, PIPELINES, main as cli_main
 
@@ -158,3 +160,51 @@ def test_quickstart_trains_tests_and_tabulates_every_stage(tmp_path):
               'cadyq test', 'total')
     assert all(phase in rows for phase in phases)
     assert (tmp_path / 'work' / 'experiments').is_dir()
+
+
+# ---------------------------------------------------------------------------------------------- the benchmark
+def tiny_backend_settings():
+    """Inputs of the backends stage small enough for a test (its own are a 720p output and a 10-patch image)."""
+    generator = torch.Generator().manual_seed(0)
+    return {'image-wise LR 16x20': (torch.rand(1, 3, 16, 20, generator=generator), None),
+            'patch-wise LR 24x24 (12/10, batch 4)': (torch.rand(1, 3, 24, 24, generator=generator),
+                                                     {'patch': 12, 'step': 10, 'batch': 4})}
+
+
+def test_benchmark_of_an_options_files_network(tmp_path, capsys, monkeypatch):
+    """The docs' command for the wrapper table (docs/own_networks.md: ``basicsr benchmark --opt
+    options/train_rcan_cadyq.yml``, no ``--archs``) on that file's network made tiny, one repetition: every stage
+    prints its line, the backends stage measures the file's network."""
+    from cadyq_plugin.tools import backend_benchmark
+    from cadyq_plugin.tools.derive_options import derive_options
+    opt = tmp_path / 'rcan.yml'
+    derive_options(str(REPO / 'options' / 'train_rcan_cadyq.yml'), {
+        'network_g.backbone.num_feat': 8, 'network_g.backbone.num_group': 1, 'network_g.backbone.num_block': 1,
+        'network_g.backbone.squeeze_factor': 4}, str(opt))
+    monkeypatch.setattr(backend_benchmark, 'SETTINGS', tiny_backend_settings())
+    assert cli_main(['benchmark', '--device', 'cpu', '--opt', str(opt), '--batch', '1', '--patch', '16', '--repeats',
+                     '1', '--warmup', '0', '--infer-lr', '8', '--patchwise-image', '96x96', '--patchwise-batch', '2',
+                     '--memory-image', '96x96', '--backend-repeats', '1', '--skip', 'compiled', 'backend-memory']) == 0
+    out = capsys.readouterr().out
+    assert '\n== RCAN ==\n' in out and 'operations of one eager training step: FP ' in out
+    assert re.search(r'^training step \(median wall time; batch 1, HR patch 16, .*\): eager FP [\d.]+ ms', out, re.M)
+    ratio = re.search(r'^inference \(LR 8x8\): FP ([\d.]+) ms, CADyQ ([\d.]+) ms \(([\d.]+)x\)$', out, re.M)
+    assert ratio and abs(float(ratio[3]) - float(ratio[2]) / float(ratio[1])) <= 0.01 + 0.05 * float(ratio[3])
+    assert 'patch-wise LR 96x96 (1 patches of 96, step 90): batch 1 ' in out
+    assert 'peak memory, RCAN patch-wise LR 96x96 (batch 2): ' in out
+    rows = re.findall(r'^\| CADyQWrapper \| (.+?) \| [\d.]+ \((?:NCHW|channels-last)\) \|', out, re.M)
+    assert rows == list(tiny_backend_settings()) * len(backend_benchmark.CLOCKS)  # the file's network, each setting
+    assert out.rstrip().splitlines()[-1].startswith(('targets: ', 'MISSED: '))
+
+
+def test_benchmark_without_archs_measures_the_default_backbones_backends(capsys, monkeypatch):
+    """``python scripts/benchmark.py`` without ``--archs``: the backends stage runs the default backbones (one
+    here, at tiny inputs) through the launcher's command."""
+    from cadyq_plugin.tools import backend_benchmark, benchmark
+    monkeypatch.setattr(benchmark, 'DEFAULT_BACKBONES', ('SRResNet_CADyQ', ))
+    monkeypatch.setattr(backend_benchmark, 'SETTINGS', tiny_backend_settings())
+    assert cli_main(['benchmark', '--device', 'cpu', '--backend-repeats', '1', '--skip', 'ops', 'train', 'infer',
+                     'patchwise', 'memory', 'backend-memory']) == 0
+    out = capsys.readouterr().out
+    assert '\n== SRResNet_CADyQ ==\n' in out
+    assert len(re.findall(r'^\| SRResNet_CADyQ \| ', out, re.M)) == 2 * len(backend_benchmark.CLOCKS)
