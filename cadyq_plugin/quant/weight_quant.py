@@ -1,6 +1,7 @@
 """Per-tensor symmetric weight quantization and the convolution that uses it (SPEC §1)."""
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 def weight_levels(weight, bits):
@@ -34,17 +35,16 @@ def quantize_weight(weight, bits):
     return _QuantizeWeight.apply(weight, bits)
 
 
-class QConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose weight is quantized on the fly; the bias stays full precision.
+class WeightQuantized:
+    """What the weight-quantized convs share (mixed into ``nn.Conv2d`` / ``nn.ConvTranspose2d``).
 
-    Parameter names are those of ``nn.Conv2d``, so FP checkpoints load into it unchanged. ``input_quantizer``
-    names the activation quantizer that feeds this conv; the BitOPs counter reads its bit-width from there, and
+    Parameter names are those of the torch conv, so FP checkpoints load into it unchanged. ``input_quantizer``
+    names the activation quantizer that feeds the conv; the BitOPs counter reads its bit-width from there, and
     the int8 backend makes that quantizer emit integer codes. ``int8_kernel`` (set by ``set_backend``) runs the
     conv in eval mode; training always takes the fake-quantized path.
     """
 
-    def __init__(self, *args, w_bits=8, **kwargs):
-        super().__init__(*args, **kwargs)
+    def _init_weight_quant(self, w_bits):
         self.w_bits = w_bits
         object.__setattr__(self, 'input_quantizer', None)  # a reference, not a submodule
         self.int8_kernel = None
@@ -57,7 +57,7 @@ class QConv2d(nn.Conv2d):
     def forward(self, x):
         if self.int8_kernel is not None and not self.training:
             return self.int8_kernel(self, x)
-        return self._conv_forward(x, quantize_weight(self.weight, self.w_bits), self.bias)
+        return self.fake_forward(x, quantize_weight(self.weight, self.w_bits))
 
     def train(self, mode=True):
         if self.int8_kernel is not None:
@@ -71,3 +71,27 @@ class QConv2d(nn.Conv2d):
 
     def extra_repr(self):
         return f'{super().extra_repr()}, w_bits={self.w_bits}'
+
+
+class QConv2d(WeightQuantized, nn.Conv2d):
+    """``nn.Conv2d`` whose weight is quantized on the fly; the bias stays full precision (see
+    :class:`WeightQuantized`)."""
+
+    def __init__(self, *args, w_bits=8, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_weight_quant(w_bits)
+
+    def fake_forward(self, x, weight):
+        return self._conv_forward(x, weight, self.bias)
+
+
+class QConvTranspose2d(WeightQuantized, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` whose weight is quantized on the fly (IDN's tail with ``fp_layer_bits``)."""
+
+    def __init__(self, *args, w_bits=8, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_weight_quant(w_bits)
+
+    def fake_forward(self, x, weight):
+        return F.conv_transpose2d(x, weight, self.bias, self.stride, self.padding, self.output_padding, self.groups,
+                                  self.dilation)
