@@ -48,6 +48,9 @@ class InputQuantConvTranspose2d(_QuantizesItsInput, QConvTranspose2d):
         self._init_input_quant(a_bits)
 
 
+QUANTIZED_FP_LAYERS = (InputQuantConv2d, InputQuantConvTranspose2d)
+
+
 def _input_quantized(conv, bits):
     """The input-quantized version of a plain conv, holding the same parameter objects."""
     common = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,

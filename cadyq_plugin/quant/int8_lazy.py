@@ -171,7 +171,7 @@ class ConvOutput(LazyActivation):
         if self._value is not None or alpha.numel() != 1:
             return None
         scales, bias, ops = self._folded()
-        bound, level_max = float(alpha), float(q)
+        bound, level_max = float(alpha.detach()), float(q)
         if not ops or (len(ops) == 1 and ops[0][0] == 'relu'):
             low = 0.0 if ops else -bound
             codes = self.call.run(scales, bias, torch.uint8, bound / level_max, 'hardtanh', (low, bound))
