@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from cadyq_plugin.quant.act_quant import rounded_level
-from cadyq_plugin.quant.int8_lazy import ZERO_POINT, ConvOutput, OneDNNConv, QuantizedActivation, shuffle_float
+from cadyq_plugin.quant.int8_lazy import (MAGIC, ZERO_POINT, ConvOutput, OneDNNConv, QuantizedActivation,
+                                          round_to_codes, shuffle_float)
 from cadyq_plugin.quant.weight_quant import QConvTranspose2d, weight_levels
 
 BACKENDS = ('fake', 'int8')
@@ -54,20 +55,19 @@ def quantize_to_codes(x, alpha, q):
 
     This is the ``int8_codes`` hook of the quantizers that feed an integer conv (set by ``set_backend``). The
     output of an integer conv that nothing has read yet (:class:`ConvOutput`) is requantized by the conv itself
-    when the quantizer is fixed (one ``alpha``). Otherwise ``level + 128`` as uint8 is ``int8(level)`` with the
-    sign bit flipped, which is cheaper than adding 128.
+    when the quantizer is fixed (one ``alpha``); anything else is rounded to codes by :func:`round_to_codes`.
     """
+    if torch.compiler.is_exporting():
+        level = rounded_level(x, alpha, q)
+        value = level / q * alpha
+        value.int8_codes = ((level + ZERO_POINT).to(torch.uint8), alpha, q)
+        return value
     if isinstance(x, ConvOutput):
         codes = x.codes(alpha, q)
         if codes is not None:
             return QuantizedActivation(codes, alpha, q)
-    level = rounded_level(x, alpha, q)
-    if torch.compiler.is_exporting():
-        value = level / q * alpha
-        value.int8_codes = ((level + ZERO_POINT).to(torch.uint8), alpha, q)
-        return value
-    codes = level.to(torch.int8).view(torch.uint8).bitwise_xor_(0x80)
-    return QuantizedActivation(codes, alpha, q, level)
+    codes, shifted = round_to_codes(x, alpha, q)
+    return QuantizedActivation(codes, alpha, q, shifted, MAGIC)
 
 
 @torch.library.custom_op('cadyq::conv_integer', mutates_args=())

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_map
 
-from cadyq_plugin.quant.act_quant import rounded_level
-
 ZERO_POINT = 128
+# A float32 integer in [2^23, 2^24) has that integer in the low bits of its representation: MAGIC + level,
+# |level| <= 127, has level + 128 in its lowest byte, and adding MAGIC rounds half to even like torch.round
+MAGIC = 1.5 * 2**23 + ZERO_POINT
 _aten = torch.ops.aten
 
 
@@ -53,29 +54,51 @@ def _channels_last_strides(shape):
     return (h * w * c, 1, w * c, c)
 
 
+def round_to_codes(x, alpha, q):
+    """``round(clamp(x, -alpha, alpha) / alpha * q) + 128`` as uint8 codes, in a few passes: ``x / alpha * q`` in the
+    fake path's order, rounded by adding :data:`MAGIC`, clamped after rounding (the same levels as clamping before:
+    the map is monotonic and ``alpha`` maps to ``q``), and the low byte of each float taken as the code.
+
+    ``alpha`` and ``q`` have one element or one per sample. Returns ``(codes, shifted)``, ``shifted`` being the
+    float buffer ``MAGIC + level`` from which the levels are exact.
+    """
+    alphas, qs = alpha.detach().reshape(-1).tolist(), q.reshape(-1).tolist()
+    shifted = torch.empty_like(x)
+    samples = range(x.shape[0]) if max(len(alphas), len(qs)) > 1 else [None]
+    for sample in samples:
+        a = alphas[0] if len(alphas) == 1 else alphas[sample]
+        levels = qs[0] if len(qs) == 1 else qs[sample]
+        src, out = (x, shifted) if sample is None else (x[sample], shifted[sample])
+        torch.div(src, a, out=out).mul_(levels).add_(MAGIC).clamp_(MAGIC - levels, MAGIC + levels)
+    return shifted.view(torch.int32).to(torch.uint8), shifted
+
+
 class QuantizedActivation(LazyActivation):
     """A quantized activation held as integer codes; to every operation but an int8 conv it is its float value.
 
     ``codes`` uint8 (level + 128), ``alpha`` and ``q`` broadcastable against it (``[1]`` or per sample
-    ``[B, 1, 1, 1]``), ``level`` the float levels they were made from (None: made from the codes when needed).
+    ``[B, 1, 1, 1]``), ``level`` the float levels plus ``offset`` (None: made from the codes when needed).
     The float value ``level / q * alpha`` is computed on first use, in place and in the fake path's operation
     order, so it is bit-identical to the fake quantizer's output for the same levels.
     """
 
     @staticmethod
-    def __new__(cls, codes, alpha, q, level=None):
+    def __new__(cls, codes, alpha, q, level=None, offset=0.0):
         self = torch.Tensor._make_wrapper_subclass(cls, codes.shape, strides=codes.stride(), dtype=torch.float32,
                                                    device=codes.device)
         self.codes, self.alpha, self.q = codes, alpha, q
-        self._level, self._value = level, None
+        self._level, self._offset, self._value = level, offset, None
         return self
 
-    def __init__(self, codes, alpha, q, level=None):
+    def __init__(self, codes, alpha, q, level=None, offset=0.0):
         super().__init__()
 
     def value(self):
         if self._value is None:
-            level = self._level if self._level is not None else self.codes.to(torch.float32).sub_(ZERO_POINT)
+            if self._level is None:
+                level = self.codes.to(torch.float32).sub_(ZERO_POINT)
+            else:
+                level = self._level.sub_(self._offset) if self._offset else self._level
             self._value, self._level = level.div_(self.q).mul_(self.alpha), None
         return self._value
 
@@ -178,7 +201,7 @@ class ConvOutput(LazyActivation):
         else:
             out = self.call.run(scales, bias)
             _apply_in_place(out, ops)
-            codes = rounded_level(out, alpha, q).to(torch.int8).view(torch.uint8).bitwise_xor_(0x80)
+            codes = round_to_codes(out, alpha, q)[0]
         for factor in self.shuffles:
             codes = F.pixel_shuffle(codes, factor)
         return codes

@@ -96,11 +96,15 @@ def set_calibration(net, on):
 def set_backend(net, backend):
     """Choose how the quantized convs of ``net`` execute in eval mode: ``fake`` (float simulation) or ``int8``
     (integer convolutions, same results). Works on any network whose weight-quantized convs name their input
-    quantizer (``feed_from``): those quantizers emit integer codes, every other module is left as it is."""
+    quantizer (``feed_from``): those quantizers, and every fixed quantizer of at most 8 bits, emit integer codes
+    (a fixed quantizer after an integer conv gets them from the conv itself); every other module is left as it
+    is."""
     check_backend(backend)
     for module in net.modules():
         if isinstance(module, (PAMSQuant, BitSelector)):
             module.int8_codes = None
+        if backend == 'int8' and isinstance(module, PAMSQuant) and module.bits <= 8:
+            module.int8_codes = quantize_to_codes
     for name, module in net.named_modules():
         if not isinstance(module, WeightQuantized):
             continue
