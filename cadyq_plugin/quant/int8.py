@@ -108,8 +108,8 @@ class IntegerConv(NamedTuple):
 
 
 def subpixel_conv(conv, levels):
-    """A transposed conv (stride ``s``, square kernel ``k``, symmetric padding ``p``, output exactly ``s`` times
-    the input) as a stride-1 conv with ``s * s`` times the output channels followed by a pixel shuffle by ``s``:
+    """A transposed conv (stride ``s``, square kernel ``k``, padding ``p``, output exactly ``s`` times the input) as
+    a stride-1 conv with ``s * s`` times the output channels followed by a pixel shuffle by ``s``:
     output pixel ``s * Y + r`` is ``sum_j in[Y + j] * w[r + p - s * j]`` over the taps ``j`` where the index lies in
     the kernel, so every weight level is reused as it is (zeros where a phase has no tap). None for any other
     geometry (the conv then runs in float on its quantized weight)."""
@@ -117,10 +117,10 @@ def subpixel_conv(conv, levels):
     square = all(len(set(v)) == 1 for v in (conv.stride, conv.kernel_size, conv.padding, conv.output_padding))
     if not square or conv.groups != 1 or tuple(conv.dilation) != (1, 1) or kernel - 2 * pad + extra != stride:
         return None
-    low = -((kernel - 1 - pad) // stride)  # the smallest tap j with r + p - s*j <= k - 1 for r = 0 ... s-1
-    high = (stride - 1 + pad) // stride
-    if -low != high:
-        return None
+    # taps j with 0 <= r + p - s*j <= k - 1 for some phase r = 0 ... s-1, made symmetric (zero weights) so that
+    # one symmetric padding keeps the size
+    reach = max((kernel - 1 - pad) // stride, (stride - 1 + pad) // stride)
+    low, high = -reach, reach
     taps = high - low + 1
     in_channels, out_channels = levels.shape[:2]
     weight = torch.zeros(out_channels, stride, stride, in_channels, taps, taps, dtype=levels.dtype)
@@ -135,7 +135,7 @@ def subpixel_conv(conv, levels):
                     if 0 <= kx < kernel:
                         weight[:, ry, rx, :, jy - low, jx - low] = levels[:, :, ky, kx].t()
     weight = weight.reshape(out_channels * stride * stride, in_channels, taps, taps)
-    return IntegerConv(weight, [1, 1], [high, high], [1, 1], 1, stride)
+    return IntegerConv(weight, [1, 1], [reach, reach], [1, 1], 1, stride)
 
 
 def integer_conv(conv, levels):
