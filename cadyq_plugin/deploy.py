@@ -2,10 +2,10 @@
 and the post-training calibration of 8-bit FP layers (``fp_layer_bits``).
 
 The int8 checkpoint stores each weight-quantized conv's weight (8-bit FP layers included) as its int8 levels
-(``<conv>.weight_levels``) and range (``<conv>.weight_max``, the ``m`` of SPEC §1) instead of the float weight,
-under ``params_int8``; every other tensor is stored as in the training checkpoint. Only the int8 backend loads
-it: the levels are used as they are, so the network computes exactly what the int8 backend computed from the
-original float weights.
+(``<conv>.weight_levels``) and range (``<conv>.weight_max``, the ``m`` of SPEC §1; one per output channel for an
+8-bit FP layer) instead of the float weight, under ``params_int8``; every other tensor is stored as in the training
+checkpoint. Only the int8 backend loads it: the levels are used as they are, so the network computes exactly what
+the int8 backend computed from the original float weights.
 """
 import os
 import tempfile
@@ -32,10 +32,10 @@ def int8_state_dict(net):
     for name, conv in _quantized_convs(net):
         if conv.w_bits > 8:
             raise ValueError(f'{name}: w_bits={conv.w_bits} does not fit int8 (the int8 checkpoint needs <= 8)')
-        levels, m, _ = weight_levels(conv.weight, conv.w_bits)
+        levels, m, _ = weight_levels(conv.weight, conv.w_bits, conv.w_channel_dim)
         del state_dict[f'{name}.weight']
         state_dict[f'{name}.weight_levels'] = levels.to(torch.int8)
-        state_dict[f'{name}.weight_max'] = m.reshape(1)
+        state_dict[f'{name}.weight_max'] = m.reshape(-1)
     return state_dict
 
 

@@ -3,7 +3,8 @@ upsampler, tail, fusions, ...) quantized at a fixed bit-width, weights and input
 integers from end to end.
 
 Each such conv owns the fixed PAMS quantizer of its input (``<conv>.quant_in``, calibrated and trained like every
-other PAMS range), so the conv keeps its name and parameters: a checkpoint of the reference network loads into it,
+other PAMS range) and quantizes its weights with one scale per output channel, so the conv keeps its name and
+parameters: a checkpoint of the reference network loads into it,
 with only the new ranges missing. The selectors and the average bit are untouched; BitOPs count these layers at
 ``fp_layer_bits`` x ``fp_layer_bits``.
 """
@@ -33,18 +34,20 @@ class _QuantizesItsInput:
 
 
 class InputQuantConv2d(_QuantizesItsInput, QConv2d):
-    """A :class:`QConv2d` (``w_bits``) whose input is quantized by its own ``a_bits`` PAMS quantizer."""
+    """A :class:`QConv2d` (``w_bits``, scales per output channel if ``per_channel``) whose input is quantized by
+    its own ``a_bits`` PAMS quantizer."""
 
-    def __init__(self, *args, w_bits=8, a_bits=8, **kwargs):
-        super().__init__(*args, w_bits=w_bits, **kwargs)
+    def __init__(self, *args, w_bits=8, a_bits=8, per_channel=False, **kwargs):
+        super().__init__(*args, w_bits=w_bits, per_channel=per_channel, **kwargs)
         self._init_input_quant(a_bits)
 
 
 class InputQuantConvTranspose2d(_QuantizesItsInput, QConvTranspose2d):
-    """A :class:`QConvTranspose2d` (``w_bits``) whose input is quantized by its own ``a_bits`` PAMS quantizer."""
+    """A :class:`QConvTranspose2d` (``w_bits``, scales per output channel if ``per_channel``) whose input is
+    quantized by its own ``a_bits`` PAMS quantizer."""
 
-    def __init__(self, *args, w_bits=8, a_bits=8, **kwargs):
-        super().__init__(*args, w_bits=w_bits, **kwargs)
+    def __init__(self, *args, w_bits=8, a_bits=8, per_channel=False, **kwargs):
+        super().__init__(*args, w_bits=w_bits, per_channel=per_channel, **kwargs)
         self._init_input_quant(a_bits)
 
 
@@ -52,10 +55,13 @@ QUANTIZED_FP_LAYERS = (InputQuantConv2d, InputQuantConvTranspose2d)
 
 
 def _input_quantized(conv, bits):
-    """The input-quantized version of a plain conv, holding the same parameter objects."""
+    """The input-quantized version of a plain conv, holding the same parameter objects; its weight scales are per
+    output channel (where a transposed conv's groups allow), which keeps 8-bit head and tail weights as accurate as
+    their float originals on the trained networks (one scale per tensor lost up to 0.07 dB there)."""
+    per_channel = not isinstance(conv, nn.ConvTranspose2d) or conv.groups == 1
     common = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
                   bias=conv.bias is not None, padding_mode=conv.padding_mode, w_bits=bits, a_bits=bits,
-                  device='meta')
+                  per_channel=per_channel, device='meta')
     if isinstance(conv, nn.ConvTranspose2d):
         new = InputQuantConvTranspose2d(conv.in_channels, conv.out_channels, conv.kernel_size,
                                         output_padding=conv.output_padding, **common)

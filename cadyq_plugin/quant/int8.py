@@ -102,9 +102,9 @@ class IntegerConv(NamedTuple):
                  for n, p, d, k, s in zip((height, width), self.padding, self.dilation, kernel, self.stride)]
         return (batch, self.levels.shape[0], *sizes)
 
-    def bias(self, bias):
-        """The conv's bias per integer-conv output channel."""
-        return None if bias is None or self.shuffle == 1 else bias.repeat_interleave(self.shuffle**2)
+    def per_channel(self, values):
+        """A per-output-channel vector of the conv (bias, weight step) per integer-conv output channel."""
+        return values if values is None or self.shuffle == 1 else values.repeat_interleave(self.shuffle**2)
 
 
 def subpixel_conv(conv, levels):
@@ -146,15 +146,17 @@ def integer_conv(conv, levels):
 
 
 class PackedWeight:
-    """A conv's weight levels (int8), their step ``m / q``, its integer convolution and what each execution
-    needs, made on demand."""
+    """A conv's weight levels (int8), their step ``m / q`` (one, or one per output channel), its integer
+    convolution and what each execution needs, made on demand."""
 
     def __init__(self, levels, m, q, conv):
         self.levels = levels.to(torch.int8)
         self.m, self.q = m, q
-        self.step = (m / q).to(torch.float32).reshape(1)
         self.integer = integer_conv(conv, self.levels)
         channels = self.integer.levels.shape[0] if self.integer is not None else 0
+        step = (m / q).to(torch.float32).reshape(-1)
+        # the step of each integer-conv output channel
+        self.step = step.expand(channels) if step.numel() == 1 else self.integer.per_channel(step)
         self.zero_points = torch.zeros(channels, dtype=torch.int64)
         self._prepacked = None
         self._float = None
@@ -205,12 +207,16 @@ class Int8ConvKernel:
             return self._weight
         key = self._cache_key(conv)
         if key != self._key:
-            self._weight, self._key = PackedWeight(*weight_levels(conv.weight, conv.w_bits), conv), key
+            self._weight = PackedWeight(*weight_levels(conv.weight, conv.w_bits, conv.w_channel_dim), conv)
+            self._key = key
         return self._weight
 
     def load_levels(self, conv, levels, m):
-        """Use stored levels and ``m`` (a deployment checkpoint) and set ``conv.weight`` to their value."""
+        """Use stored levels and ``m`` (a deployment checkpoint: one, or one per output channel) and set
+        ``conv.weight`` to their value."""
         q = 2**(conv.w_bits - 1) - 1
+        if conv.w_channel_dim is not None:
+            m = m.reshape([-1 if d == conv.w_channel_dim else 1 for d in range(levels.dim())])
         packed = PackedWeight(levels, m.to(torch.float32), q, conv)
         with torch.no_grad():
             conv.weight.copy_(packed.float_weight())
@@ -227,16 +233,14 @@ class Int8ConvKernel:
         if not isinstance(x, QuantizedActivation) or integer is None:
             return conv.fake_forward(x, weight.float_weight())
         step = x.sample_step()
-        bias = integer.bias(conv.bias) if integer.shuffle > 1 else conv.bias
-        channels = integer.levels.shape[0]
+        bias = integer.per_channel(conv.bias)
         if step.numel() == 1 or bool((step == step[0]).all()):  # one scale for the batch: computed when read
-            call = OneDNNConv(x.codes, weight.prepacked(), (step[0] * weight.step).expand(channels),
-                              weight.zero_points, bias, integer.stride, integer.padding, integer.dilation,
-                              integer.groups)
+            call = OneDNNConv(x.codes, weight.prepacked(), step[0] * weight.step, weight.zero_points, bias,
+                              integer.stride, integer.padding, integer.dilation, integer.groups)
             shuffles = (integer.shuffle,) if integer.shuffle > 1 else ()
             return ConvOutput(call, integer.out_shape(x.codes.shape), shuffles=shuffles)
-        call = OneDNNConv(x.codes, weight.prepacked(), weight.step.expand(channels), weight.zero_points, None,
-                          integer.stride, integer.padding, integer.dilation, integer.groups)
+        call = OneDNNConv(x.codes, weight.prepacked(), weight.step, weight.zero_points, None, integer.stride,
+                          integer.padding, integer.dilation, integer.groups)
         out = call.run(call.scales, None)
         per_sample = step.view(-1, 1, 1, 1)
         out = out.mul_(per_sample) if bias is None else torch.addcmul(bias.view(1, -1, 1, 1), out, per_sample, out=out)
@@ -247,8 +251,8 @@ def _exported_conv(integer, int8_codes, weight_step, bias):
     """The graph of one integer conv under ``torch.export``: ``ConvInteger``, the rescale, bias, pixel shuffle."""
     codes, alpha, q = int8_codes
     acc = conv_integer(codes, integer.levels, integer.stride, integer.padding, integer.dilation, integer.groups)
-    out = acc.to(torch.float32) * (alpha / q * weight_step).view(-1, 1, 1, 1)
-    bias = integer.bias(bias) if integer.shuffle > 1 else bias
+    out = acc.to(torch.float32) * ((alpha / q).view(-1, 1, 1, 1) * weight_step.view(1, -1, 1, 1))
+    bias = integer.per_channel(bias)
     out = out if bias is None else out + bias.view(1, -1, 1, 1)
     return F.pixel_shuffle(out, integer.shuffle) if integer.shuffle > 1 else out
 
