@@ -184,31 +184,43 @@ def _conv_integer_translation():
     return {torch.ops.cadyq.conv_integer.default: conv_integer}
 
 
-def export_onnx(net, path, example=None):
-    """Write ``net`` (eval mode) as an ONNX graph with dynamic batch, height and width, atomically.
+def export_onnx(net, path, example=None, qlinear=False):
+    """Write ``net`` (eval mode) as an ONNX graph with dynamic batch, height and width, atomically; returns the
+    number of ``QLinearConv`` nodes.
 
     An int8-backend network becomes ``ConvInteger`` convs fed by in-graph quantization (and, for CADyQ, the
     selectors: image feature, per-channel std, Linear, ArgMax, per-sample scale gather); its outputs are
     ``sr`` and ``bits``. Any other network exports as it computes (``sr`` only, plus ``bits`` for a fake CADyQ).
+    ``qlinear``: an image-wise graph (batch 1) whose requantized convs are ``QLinearConv``
+    (:mod:`~cadyq_plugin.onnx_qlinear`).
     """
     net.eval()
-    example = torch.rand(2, 3, 24, 24) if example is None else example
+    example = torch.rand(1 if qlinear else 2, 3, 24, 24) if example is None else example[:1] if qlinear else example
     with_bits = getattr(net, 'n_selectors', 0) > 0
     wrapper = _SelectionOutputs(net, with_bits).eval()
     batch, height, width = (torch.export.Dim(n, min=m) for n, m in (('batch', 1), ('height', 8), ('width', 8)))
+    dynamic = {2: height, 3: width} if qlinear else {0: batch, 2: height, 3: width}
     with torch.no_grad():
         wrapper(example)  # an eager forward makes the int8 weights the graph takes as constants
         program = torch.onnx.export(wrapper, (example,), dynamo=True, verbose=False, opset_version=ONNX_OPSET,
                                     input_names=['lq'], output_names=['sr', 'bits'] if with_bits else ['sr'],
-                                    dynamic_shapes=({0: batch, 2: height, 3: width},),
-                                    custom_translation_table=_conv_integer_translation())
+                                    dynamic_shapes=(dynamic,), custom_translation_table=_conv_integer_translation())
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=directory)
     os.close(fd)
+    count = 0
     try:
         program.save(tmp)
+        if qlinear:
+            import onnx
+
+            from cadyq_plugin.onnx_qlinear import rewrite_qlinear
+            model = onnx.load(tmp)
+            count = rewrite_qlinear(model, net)
+            onnx.save(model, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    return count

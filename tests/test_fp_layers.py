@@ -230,3 +230,27 @@ def test_post_training_8_bit_fp_layers_cost_the_trained_network_under_a_tenth_of
     assert abs(int8_psnr - fake_psnr) < 0.01 and abs(int8_ssim - fake_ssim) < 1e-3
     # the same choices in both backends; against the reference, the quantized head moves a few selectors' inputs
     assert int8_fab == fake_fab and abs(int8_fab - ref_fab) < 0.1
+
+
+def test_the_image_wise_onnx_graph_requantizes_in_qlinear_convs(lr, tmp_path):
+    """``basicsr export --onnx --qlinear``: a batch-1 graph whose convs feeding a fixed quantizer (EDSR's upsampler;
+    CARN's ReLU in between) are QLinearConv; onnxruntime chooses the same bits as the int8 backend and its output
+    agrees to float round-off (a bias rounded to int32 at the input x weight scale)."""
+    import onnx
+    import onnxruntime
+    for arch, expected in (('EDSR_CADyQ', 2), ('CARN_CADyQ', 3)):
+        _, int8 = network_pair(arch, 'cadyq', lr, fp_layer_bits=8, **TINY[arch])
+        path = str(tmp_path / f'{arch}.onnx')
+        from cadyq_plugin.deploy import export_onnx
+        assert export_onnx(int8, path, example=lr, qlinear=True) == expected
+        ops = [node.op_type for node in onnx.load(path).graph.node]
+        assert ops.count('QLinearConv') == expected and 'ConvInteger' in ops
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+        image = photo_pair('coffee', 96)[0]  # another size than the export's
+        sr, bits = session.run(None, {'lq': image.numpy()})
+        with torch.no_grad():
+            expected_sr, aux = int8(image, return_aux=True)
+        assert torch.equal(torch.from_numpy(bits), aux['bits'])
+        assert (torch.from_numpy(sr) - expected_sr).abs().max() * 255 < 0.5

@@ -23,8 +23,8 @@ import torch.nn as nn
 from cadyq_plugin.tools.benchmark import interleaved_median
 
 VARIANTS = ('fp32_nchw', 'fp32_cl', 'fake_pams', 'fake_cadyq', 'int8_pams', 'int8_cadyq', 'int8_full', 'ort_fp32',
-            'ort_int8', 'ort_full')
-FULL_VARIANTS = ('int8_full', 'ort_full')  # built with fp_layer_bits: 8
+            'ort_int8', 'ort_full', 'ort_full_qlinear')
+IMAGE_ONLY = ('ort_full_qlinear',)  # a batch-1 graph: image-wise only
 DEFAULT_ARCHS = ('EDSR_CADyQ', 'CARN_CADyQ', 'IDN_CADyQ', 'SRResNet_CADyQ')
 FULL_TARGET = 0.5  # full-integer CADyQ time as a fraction of FP32, every backbone, image-wise and patch-wise
 # the reference layout's targets (FP layers in float): int8 CADyQ as a fraction of FP32, and of our fake CADyQ
@@ -51,6 +51,7 @@ class OnnxNetwork:
         import onnxruntime
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
+        options.log_severity_level = 3  # not the notes about initializers the graph leaves unused
         self.session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
         self.path, self.upscale = path, upscale
         self.training = False
@@ -95,10 +96,11 @@ def build_variants(arch, lr, workdir, variants=VARIANTS):
     nets['int8_pams'] = calibrated(arch, 'pams', 'int8', lr, pams.state_dict())
     nets['int8_cadyq'] = calibrated(arch, 'cadyq', 'int8', lr, cadyq.state_dict())
     nets['int8_full'] = calibrated(arch, 'cadyq', 'int8', lr, full.state_dict(), fp_layer_bits=8)
-    for name, source in (('ort_fp32', fp), ('ort_int8', nets['int8_cadyq']), ('ort_full', nets['int8_full'])):
+    for name, source in (('ort_fp32', fp), ('ort_int8', nets['int8_cadyq']), ('ort_full', nets['int8_full']),
+                         ('ort_full_qlinear', nets['int8_full'])):
         if name in variants:
             path = os.path.join(workdir, f'{arch}_{name}.onnx')
-            export_onnx(source, path)
+            export_onnx(source, path, qlinear=name in IMAGE_ONLY)
             nets[name] = OnnxNetwork(path, fp.upscale)
     return {name: nets[name] for name in variants}
 
@@ -156,7 +158,7 @@ def checkpoint_sizes(nets, workdir):
     convs = [m for m in nets['fake_cadyq'].modules() if isinstance(m, WeightQuantized)]
     sizes['quantized conv weights, float32'] = sum(4 * m.weight.numel() for m in convs)
     sizes['quantized conv weights, int8'] = sum(m.weight.numel() + 4 for m in convs)
-    for name in ('ort_fp32', 'ort_int8', 'ort_full'):
+    for name in ('ort_fp32', 'ort_int8', 'ort_full', 'ort_full_qlinear'):
         if name in nets:
             sizes[f'ONNX {name[4:]}'] = os.path.getsize(nets[name].path)
     return sizes
@@ -207,7 +209,8 @@ def bench_backbone(arch, repeats, memory, variants=VARIANTS):
         nets = build_variants(arch, SETTINGS[IMAGE_WISE][0], workdir, variants)
         report['sizes'] = checkpoint_sizes(nets, workdir)
         for setting, (lr, patchwise) in SETTINGS.items():
-            runs = {name: (lambda net=net: super_resolve(net, lr, patchwise)) for name, net in nets.items()}
+            runs = {name: (lambda net=net: super_resolve(net, lr, patchwise)) for name, net in nets.items()
+                    if not (patchwise and name in IMAGE_ONLY)}
             times = interleaved_median(runs, repeats if patchwise is None else max(1, repeats // 2), 1,
                                        torch.device('cpu'))
             splits = {name: time_split(runs[name]) for name in ('fp32_cl', 'int8_cadyq', 'int8_full') if name in nets}

@@ -22,6 +22,8 @@ def build_parser():
     add_network_args(parser)
     parser.add_argument('out', nargs='?', help='int8 checkpoint to write (.pth)')
     parser.add_argument('--onnx', help='ONNX graph to write (.onnx)')
+    parser.add_argument('--qlinear', action='store_true', help='with --onnx: an image-wise graph (batch 1) whose '
+                        'requantized convs are QLinearConv, onnxruntime\'s fast integer conv')
     parser.add_argument('--calibrate', metavar='FOLDER', help='post-training calibration of the input ranges of '
                         'the 8-bit FP layers on these LR images (with --fp-layer-bits or network_g.fp_layer_bits)')
     parser.add_argument('--overwrite', action='store_true', help='replace existing outputs')
@@ -40,6 +42,8 @@ def run(args):
     targets = [path for path in (args.out, args.onnx) if path]
     if not targets:
         raise ValueError('nothing to write: give OUT.pth and/or --onnx OUT.onnx')
+    if args.qlinear and not args.onnx:
+        raise ValueError('--qlinear shapes the ONNX graph: give --onnx OUT.onnx')
     if not args.overwrite:
         for path in targets:
             if os.path.exists(path):
@@ -68,8 +72,9 @@ def run(args):
         except ImportError as err:
             raise ValueError(f'--onnx needs the onnx extra ({err.name} is missing): pip install -e .[onnx]') from err
         from cadyq_plugin.deploy import export_onnx
-        export_onnx(net, args.onnx)
-        print(f'ONNX graph {args.onnx}: {os.path.getsize(args.onnx) / 2**20:.2f} MiB')
+        count = export_onnx(net, args.onnx, qlinear=args.qlinear)
+        qlinear = f', batch 1, {count} QLinearConv' if args.qlinear else ''
+        print(f'ONNX graph {args.onnx}: {os.path.getsize(args.onnx) / 2**20:.2f} MiB{qlinear}')
 
 
 def main(argv):
