@@ -12,8 +12,8 @@ each integer conv whose float output is requantized by a fixed quantizer, i.e. t
 
 (the shape :func:`~cadyq_plugin.deploy.export_onnx` gives it; the exporter may merge a ReLU into the Clip), by
 ``QLinearConv`` with the quantizer's ``a / q`` as output scale, a ``Clip`` of the codes to the float Clip's bounds
-as codes (``128 +- q``, not below 128 after a ReLU) and the pixel shuffle on the codes. The bias becomes int32 at the input x weight scale (a rounding
-of the bias far below one output level). The other convs keep ``ConvInteger``.
+as codes (``128 +- q``, not below 128 after a ReLU) and the pixel shuffle on the codes. The bias becomes int32 at the
+input x weight scale (a rounding of the bias far below one output level). The other convs keep ``ConvInteger``.
 """
 import numpy as np
 

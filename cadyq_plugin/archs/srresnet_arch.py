@@ -11,8 +11,8 @@ class SRResBlock(nn.Module):
 
     As in the reference, ``conv1`` sees the unquantized ``x``: ``BS1`` only quantizes the skip. For BitOPs
     ``conv1`` is nevertheless counted at ``BS1``'s bit-width (the paper's accounting); with ``fp_layer_bits`` its
-    input gets a fixed quantizer of its own (``conv1.quant_in``) and it is counted at that bit-width. ``act`` is the network's
-    single PReLU, shared with the head and every other block.
+    input gets a fixed quantizer of its own (``conv1.quant_in``) and it is counted at that bit-width. ``act`` is the
+    network's single PReLU, shared with the head and every other block.
     """
 
     def __init__(self, quant, num_feat, res_scale, act):
@@ -49,8 +49,9 @@ class SRResNet_CADyQ(CADyQNet):
 
     Input and output are RGB in [0, 1]; the network works on 0..255 internally, without mean shift. One PReLU
     (``act``) is shared by the head and every block (reference behaviour). Head (9x9), body-final conv + BN,
-    upsampler and 9x9 exit conv stay full precision (``fp_layer_bits``: fixed-bit); only the block convs have a bias (see the converter for the
-    original FP layout, whose block convs have none). BatchNorm follows the module's train/eval mode.
+    upsampler and 9x9 exit conv stay full precision (``fp_layer_bits``: fixed-bit); only the block convs have a bias
+    (see the converter for the original FP layout, whose block convs have none). BatchNorm follows the module's
+    train/eval mode.
     """
 
     def __init__(self,
