@@ -54,6 +54,7 @@ def _channels_last_strides(shape):
     return (h * w * c, 1, w * c, c)
 
 
+@torch.no_grad()  # codes have no gradient; an eval forward with grad enabled still runs
 def round_to_codes(x, alpha, q):
     """``round(clamp(x, -alpha, alpha) / alpha * q) + 128`` as uint8 codes, in a few passes: ``x / alpha * q`` in the
     fake path's order, rounded by adding :data:`MAGIC`, clamped after rounding (the same levels as clamping before:
