@@ -2,10 +2,10 @@
 and the post-training calibration of 8-bit FP layers (``fp_layer_bits``).
 
 The int8 checkpoint stores each weight-quantized conv's weight (8-bit FP layers included) as its int8 levels
-(``<conv>.weight_levels``) and range (``<conv>.weight_max``, the ``m`` of SPEC §1; one per output channel for an
-8-bit FP layer) instead of the float weight, under ``params_int8``; every other tensor is stored as in the training
-checkpoint. Only the int8 backend loads it: the levels are used as they are, so the network computes exactly what
-the int8 backend computed from the original float weights.
+(``<conv>.weight_levels``) and range (``<conv>.weight_max``, the ``m`` of docs/method.md#quantizers; one per output
+channel for an 8-bit FP layer) instead of the float weight, under ``params_int8``; every other tensor is stored as
+in the training checkpoint. Only the int8 backend loads it: the levels are used as they are, so the network
+computes exactly what the int8 backend computed from the original float weights.
 """
 import os
 import tempfile

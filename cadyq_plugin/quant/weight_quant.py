@@ -1,5 +1,5 @@
-"""Symmetric weight quantization (per tensor, SPEC §1; per output channel for quantized FP layers) and the
-convolutions that use it."""
+"""Symmetric weight quantization (per tensor, docs/method.md#quantizers; per output channel for quantized FP
+layers) and the convolutions that use it."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ class WeightQuantized:
 
     def _init_weight_quant(self, w_bits, per_channel=False):
         self.w_bits = w_bits
-        # weight scales per output channel (quantized FP layers) or one per tensor (the CADyQ convs, SPEC §1)
+        # weight scales per output channel (quantized FP layers) or one per tensor (the CADyQ convs, as the reference)
         self.w_channel_dim = (1 if isinstance(self, nn.ConvTranspose2d) else 0) if per_channel else None
         object.__setattr__(self, 'input_quantizer', None)  # a reference, not a submodule
         self.int8_kernel = None
