@@ -1,13 +1,16 @@
-"""Eval inference speed of the execution backends, side by side: FP32 (best of NCHW and channels-last), fake-quant
-PAMS and CADyQ, int8 PAMS and CADyQ in the reference layout (FP layers in float), the full-integer CADyQ network
-(``fp_layer_bits: 8``), onnxruntime FP32, int8 and full-integer CADyQ; image-wise and patch-wise, as ratios to FP32
-from one interleaved run, with a time split by kind of work, peak memory and checkpoint sizes.
+"""Eval inference speed of the execution backends, side by side: FP32 (NCHW and channels-last; the faster one is
+the baseline), fake CADyQ, the reference-layout int8 CADyQ network (FP layers in float) and the full-integer CADyQ
+network (``backend: int8``, ``fp_layer_bits: 8``); on request also fake/int8 PAMS and onnxruntime FP32, int8 and
+full-integer CADyQ (``ConvInteger``, and ``QLinearConv`` image-wise). Image-wise and patch-wise, as ratios to FP32
+from one interleaved run (medians of wall time), with a time split by kind of work, checkpoint sizes and, on
+request, peak memory.
 
 Every variant goes through :func:`~cadyq_plugin.inference.super_resolve` (onnxruntime too, behind a network-like
 adapter), so all of them pay the same tiling and stitching. Networks have random weights with calibrated ranges:
 speed does not depend on the values, only the chosen bits do, and int8 costs the same whatever the bits.
 
-``python -m cadyq_plugin.tools.backend_benchmark [--archs A ...] [--variants V ...] [--repeats N]`` runs it alone.
+``python -m cadyq_plugin.tools.backend_benchmark [--archs A ...] [--variants V ...] [--repeats N]`` runs it alone
+(``--variants`` adds to the default ones; ``all`` runs every variant).
 """
 import argparse
 import collections
@@ -24,6 +27,7 @@ from cadyq_plugin.tools.benchmark import interleaved_median
 
 VARIANTS = ('fp32_nchw', 'fp32_cl', 'fake_pams', 'fake_cadyq', 'int8_pams', 'int8_cadyq', 'int8_full', 'ort_fp32',
             'ort_int8', 'ort_full', 'ort_full_qlinear')
+DEFAULT_VARIANTS = ('fp32_nchw', 'fp32_cl', 'fake_cadyq', 'int8_cadyq', 'int8_full')
 IMAGE_ONLY = ('ort_full_qlinear',)  # a batch-1 graph: image-wise only
 DEFAULT_ARCHS = ('EDSR_CADyQ', 'CARN_CADyQ', 'IDN_CADyQ', 'SRResNet_CADyQ')
 FULL_TARGET = 0.5  # full-integer CADyQ time as a fraction of FP32, every backbone, image-wise and patch-wise
@@ -80,29 +84,43 @@ def calibrated(arch, mode, backend, lr, state_dict=None, **options):
     return net.eval()
 
 
-def build_variants(arch, lr, workdir, variants=VARIANTS):
-    """The ``variants`` of ``arch``; the ranges are calibrated on a crop of ``lr`` (small: the memory test's
-    peak must be the inference's)."""
+def build_variants(arch, lr, workdir, variants=DEFAULT_VARIANTS, options=None):
+    """The ``variants`` of ``arch`` (built with the arch arguments ``options``); the ranges are calibrated on a crop
+    of ``lr`` (small: the memory test's peak must be the inference's). The variants of a mode share its random
+    weights."""
     from cadyq_plugin.deploy import export_onnx
+    options = options or {}
     torch.manual_seed(0)
     lr = lr[:, :, :48, :48]
-    fp = calibrated(arch, 'fp', 'fake', lr)
-    pams = calibrated(arch, 'pams', 'fake', lr)
-    cadyq = calibrated(arch, 'cadyq', 'fake', lr)
-    full = calibrated(arch, 'cadyq', 'fake', lr, fp_layer_bits=8)
-    nets = {'fp32_nchw': fp, 'fake_pams': pams, 'fake_cadyq': cadyq}  # random weights, shared by the modes
-    if 'fp32_cl' in variants:
-        nets['fp32_cl'] = ChannelsLast(calibrated(arch, 'fp', 'fake', lr, fp.state_dict()))
-    nets['int8_pams'] = calibrated(arch, 'pams', 'int8', lr, pams.state_dict())
-    nets['int8_cadyq'] = calibrated(arch, 'cadyq', 'int8', lr, cadyq.state_dict())
-    nets['int8_full'] = calibrated(arch, 'cadyq', 'int8', lr, full.state_dict(), fp_layer_bits=8)
-    for name, source in (('ort_fp32', fp), ('ort_int8', nets['int8_cadyq']), ('ort_full', nets['int8_full']),
-                         ('ort_full_qlinear', nets['int8_full'])):
-        if name in variants:
-            path = os.path.join(workdir, f'{arch}_{name}.onnx')
-            export_onnx(source, path, qlinear=name in IMAGE_ONLY)
-            nets[name] = OnnxNetwork(path, fp.upscale)
-    return {name: nets[name] for name in variants}
+    sources = {'fp': ('fp', {}), 'pams': ('pams', {}), 'cadyq': ('cadyq', {}), 'full': ('cadyq', {'fp_layer_bits': 8})}
+    needs = {'fp32_nchw': 'fp', 'fp32_cl': 'fp', 'ort_fp32': 'fp', 'fake_pams': 'pams', 'int8_pams': 'pams',
+             'fake_cadyq': 'cadyq', 'int8_cadyq': 'cadyq', 'ort_int8': 'cadyq', 'int8_full': 'full',
+             'ort_full': 'full', 'ort_full_qlinear': 'full'}
+    fake = {}
+    for variant in variants:
+        source = needs[variant]
+        if source not in fake:
+            mode, extra = sources[source]
+            fake[source] = calibrated(arch, mode, 'fake', lr, **options, **extra)
+
+    def int8(source):
+        mode, extra = sources[source]
+        return calibrated(arch, mode, 'int8', lr, fake[source].state_dict(), **options, **extra)
+
+    nets = {}
+    for variant in variants:
+        source = needs[variant]
+        if variant == 'fp32_nchw' or variant.startswith('fake_'):
+            nets[variant] = fake[source]
+        elif variant == 'fp32_cl':
+            nets[variant] = ChannelsLast(calibrated(arch, 'fp', 'fake', lr, fake['fp'].state_dict(), **options))
+        elif variant.startswith('int8_'):
+            nets[variant] = int8(source)
+        else:  # onnxruntime: the graph of the fake FP32 network or of the int8 network
+            path = os.path.join(workdir, f'{arch}_{variant}.onnx')
+            export_onnx(fake['fp'] if source == 'fp' else int8(source), path, qlinear=variant in IMAGE_ONLY)
+            nets[variant] = OnnxNetwork(path, fake[source].upscale)
+    return nets
 
 
 # kinds of work, by the operator that does it (the profiler's self time per operator)
@@ -142,19 +160,20 @@ def time_split(run):
 
 
 def checkpoint_sizes(nets, workdir):
-    """Bytes on disk: FP32 / CADyQ checkpoints (``params``), the int8 checkpoints, the ONNX graphs."""
+    """Bytes on disk: the FP32 checkpoint, float (``params``) and int8 checkpoints of the int8 variants' networks,
+    the quantized convs' weights, the ONNX graphs."""
     from cadyq_plugin.deploy import save_int8_checkpoint
     from cadyq_plugin.quant.weight_quant import WeightQuantized
     sizes = {}
-    for name, net in (('fp32', nets['fp32_nchw']), ('cadyq float', nets['fake_cadyq'])):
-        path = os.path.join(workdir, f'{name}.pth')
-        torch.save({'params': net.state_dict()}, path)
-        sizes[f'{name} checkpoint'] = os.path.getsize(path)
-    for name, variant in (('cadyq int8 checkpoint', 'int8_cadyq'), ('full-integer int8 checkpoint', 'int8_full')):
-        if variant in nets:
-            path = os.path.join(workdir, f'{variant}.pth')
-            save_int8_checkpoint(nets[variant], path)
-            sizes[name] = os.path.getsize(path)
+    torch.save({'params': nets['fp32_nchw'].state_dict()}, os.path.join(workdir, 'fp32.pth'))
+    sizes['fp32 checkpoint'] = os.path.getsize(os.path.join(workdir, 'fp32.pth'))
+    for name, variant in (('cadyq', 'int8_cadyq'), ('full-integer', 'int8_full')):
+        if variant in nets:  # the float checkpoint training writes, and the int8 one export writes
+            float_path, int8_path = (os.path.join(workdir, f'{variant}_{kind}.pth') for kind in ('float', 'int8'))
+            torch.save({'params': nets[variant].state_dict()}, float_path)
+            save_int8_checkpoint(nets[variant], int8_path)
+            sizes[f'{name} float checkpoint'] = os.path.getsize(float_path)
+            sizes[f'{name} int8 checkpoint'] = os.path.getsize(int8_path)
     convs = [m for m in nets['fake_cadyq'].modules() if isinstance(m, WeightQuantized)]
     sizes['quantized conv weights, float32'] = sum(4 * m.weight.numel() for m in convs)
     sizes['quantized conv weights, int8'] = sum(m.weight.numel() + 4 for m in convs)
@@ -201,36 +220,48 @@ SETTINGS = {  # the patch-wise image has 10 patches of 96/90 (the last row and c
 }
 
 
-def bench_backbone(arch, repeats, memory, variants=VARIANTS):
+SPLIT_VARIANTS = ('fp32_cl', 'int8_cadyq', 'int8_full')  # the variants whose time is split by kind of work
+
+
+def bench_backbone(arch, repeats, memory, variants=DEFAULT_VARIANTS, options=None, settings=None):
+    """``{setting: (median seconds per variant, time splits, peak MiB), 'sizes': bytes}`` of ``arch``: every
+    variant's repetitions interleaved, the patch-wise setting with half the repetitions (it runs longer)."""
     from cadyq_plugin.inference import super_resolve
+    settings = settings or SETTINGS
     report = {}
-    variants = tuple(dict.fromkeys(('fp32_nchw', 'fp32_cl', 'fake_cadyq') + tuple(variants)))
+    variants = tuple(dict.fromkeys(DEFAULT_VARIANTS[:3] + tuple(variants)))  # FP32 both layouts, fake CADyQ
     with tempfile.TemporaryDirectory() as workdir:
-        nets = build_variants(arch, SETTINGS[IMAGE_WISE][0], workdir, variants)
+        nets = build_variants(arch, next(iter(settings.values()))[0], workdir, variants, options)
         report['sizes'] = checkpoint_sizes(nets, workdir)
-        for setting, (lr, patchwise) in SETTINGS.items():
+        for setting, (lr, patchwise) in settings.items():
             runs = {name: (lambda net=net: super_resolve(net, lr, patchwise)) for name, net in nets.items()
                     if not (patchwise and name in IMAGE_ONLY)}
             times = interleaved_median(runs, repeats if patchwise is None else max(1, repeats // 2), 1,
                                        torch.device('cpu'))
-            splits = {name: time_split(runs[name]) for name in ('fp32_cl', 'int8_cadyq', 'int8_full') if name in nets}
+            splits = {name: time_split(runs[name]) for name in SPLIT_VARIANTS if name in nets}
             peaks = {name: peak_memory_mib(arch, name, setting) for name in nets} if memory and not patchwise else {}
             report[setting] = (times, splits, peaks)
     return report
 
 
-def print_report(arch, report):
+def fp32_baseline(times):
+    """FP32's time in its faster layout, and that layout's name."""
+    return min((times['fp32_nchw'], 'NCHW'), (times['fp32_cl'], 'channels-last'))
+
+
+def print_report(arch, report, settings=None):
+    """The backbone's lines; returns the targets it misses."""
     misses = []
     print(f'\n== {arch} ==')
-    for setting in SETTINGS:
+    for setting in settings or SETTINGS:
         times, splits, peaks = report[setting]
-        fp32 = min(times['fp32_nchw'], times['fp32_cl'])
-        print(f'{setting}: FP32 {fp32 * 1e3:.0f} ms (NCHW {times["fp32_nchw"] * 1e3:.0f}, channels-last '
+        fp32, layout = fp32_baseline(times)
+        print(f'{setting}: FP32 {fp32 * 1e3:.0f} ms ({layout}; NCHW {times["fp32_nchw"] * 1e3:.0f}, channels-last '
               f'{times["fp32_cl"] * 1e3:.0f})')
         for name in VARIANTS[2:]:
             if name in times:
                 memory = f', peak +{peaks[name]:.0f} MiB' if name in peaks else ''
-                print(f'  {name:11s} {times[name] * 1e3:8.0f} ms  {times[name] / fp32:5.2f}x FP32{memory}')
+                print(f'  {name:16s} {times[name] * 1e3:8.0f} ms  {times[name] / fp32:5.2f}x FP32{memory}')
         if peaks:
             print(f'  peak memory FP32 NCHW +{peaks["fp32_nchw"]:.0f} MiB, channels-last +{peaks["fp32_cl"]:.0f} MiB')
         if 'int8_full' in times:
@@ -255,12 +286,40 @@ def print_report(arch, report):
     return misses
 
 
-def main(archs, repeats, memory, variants=VARIANTS):
+def _ms(seconds):
+    """Milliseconds with three significant digits or more (the tiny networks of the tests run in a few ms)."""
+    ms = seconds * 1e3
+    return f'{ms:.0f}' if ms >= 100 else f'{ms:.{1 if ms >= 10 else 2}f}'
+
+
+def print_summary(reports, settings=None):
+    """One Markdown table of every backbone and setting: FP32 (faster layout), reference-layout int8 CADyQ and
+    full-integer CADyQ, in ms and as ratios to FP32."""
+    print('\n| backbone | setting | FP32 ms (layout) | int8 CADyQ (reference layout) | full-integer CADyQ | '
+          f'target <= {FULL_TARGET}x |')
+    print('|---|---|---|---|---|---|')
+    for arch, report in reports.items():
+        for setting in settings or SETTINGS:
+            times = report[setting][0]
+            fp32, layout = fp32_baseline(times)
+            cells = []
+            for name in ('int8_cadyq', 'int8_full'):
+                cells.append(f'{_ms(times[name])} ms, {times[name] / fp32:.2f}x' if name in times else '-')
+            met = '-' if 'int8_full' not in times else ('met' if times['int8_full'] / fp32 <= FULL_TARGET else
+                                                        'missed')
+            print(f'| {arch} | {setting} | {_ms(fp32)} ({layout}) | {cells[0]} | {cells[1]} | {met} |')
+
+
+def main(archs=None, repeats=5, memory=False, variants=DEFAULT_VARIANTS, options=None, settings=None):
+    """Every backbone of ``archs`` (default: the four), ``options`` an arch's extra arguments (``{arch: {...}}``,
+    e.g. a tiny network), ``settings`` other inputs than :data:`SETTINGS` (``{label: (lr, patchwise)}``)."""
     print(f'CPU ({torch.get_num_threads()} threads); torch {torch.__version__}; medians of {repeats} interleaved '
-          'repetitions')
-    misses = []
+          'repetitions of wall time (patch-wise: half as many); every variant through super_resolve')
+    misses, reports = [], {}
     for arch in archs or DEFAULT_ARCHS:
-        misses += print_report(arch, bench_backbone(arch, repeats, memory, variants))
+        reports[arch] = bench_backbone(arch, repeats, memory, variants, (options or {}).get(arch), settings)
+        misses += print_report(arch, reports[arch], settings)
+    print_summary(reports, settings)
     print(f'\ntargets: full-integer CADyQ (backend int8, fp_layer_bits 8) <= {FULL_TARGET}x FP32 (every backbone, '
           'image-wise and patch-wise); reference layout: CADyQ int8 <= ' +
           ', '.join(f'{v}x FP32 ({k})' for k, v in FP32_TARGETS.items()) + f', <= {FAKE_TARGET}x fake CADyQ')
@@ -273,12 +332,13 @@ def _cli(argv):
     parser = argparse.ArgumentParser(prog='python -m cadyq_plugin.tools.backend_benchmark', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--archs', nargs='+', default=list(DEFAULT_ARCHS))
-    parser.add_argument('--variants', nargs='+', choices=VARIANTS, default=list(VARIANTS),
-                        help='FP32 (both layouts) and fake CADyQ always run')
+    parser.add_argument('--variants', nargs='+', choices=VARIANTS + ('all',), default=[],
+                        help=f'variants besides the default ones ({", ".join(DEFAULT_VARIANTS)})')
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--memory', action='store_true', help='also the peak memory of each variant (slow)')
     args = parser.parse_args(argv)
-    return main(args.archs, args.repeats, args.memory, tuple(args.variants))
+    variants = VARIANTS if 'all' in args.variants else DEFAULT_VARIANTS + tuple(args.variants)
+    return main(args.archs, args.repeats, args.memory, tuple(dict.fromkeys(variants)))
 
 
 if __name__ == '__main__':
