@@ -15,6 +15,7 @@ speed does not depend on the values, only the chosen bits do, and int8 costs the
 import argparse
 import collections
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,6 @@ import time
 import torch
 import torch.nn as nn
 
-from cadyq_plugin.tools.benchmark import interleaved_median
 
 VARIANTS = ('fp32_nchw', 'fp32_cl', 'fake_pams', 'fake_cadyq', 'int8_pams', 'int8_cadyq', 'int8_full', 'ort_fp32',
             'ort_int8', 'ort_full', 'ort_full_qlinear')
@@ -221,11 +221,31 @@ SETTINGS = {  # the patch-wise image has 10 patches of 96/90 (the last row and c
 
 
 SPLIT_VARIANTS = ('fp32_cl', 'int8_cadyq', 'int8_full')  # the variants whose time is split by kind of work
+CLOCKS = ('wall', 'process CPU')
+
+
+def interleaved_times(runs, repeats, warmup=1):
+    """``{clock: {name: median seconds per call}}`` of the ``runs``, called in turn ``repeats`` times so machine
+    load affects them alike. Two clocks: wall time (what a user waits) and this process's CPU time (all its
+    threads; other jobs on a busy machine barely move it, while a thread that waits for a core is not charged)."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    samples = {clock: {name: [] for name in runs} for clock in CLOCKS}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            run()
+            samples['process CPU'][name].append(time.process_time() - cpu)
+            samples['wall'][name].append(time.perf_counter() - wall)
+    return {clock: {name: statistics.median(values) for name, values in per_run.items()}
+            for clock, per_run in samples.items()}
 
 
 def bench_backbone(arch, repeats, memory, variants=DEFAULT_VARIANTS, options=None, settings=None):
-    """``{setting: (median seconds per variant, time splits, peak MiB), 'sizes': bytes}`` of ``arch``: every
-    variant's repetitions interleaved, the patch-wise setting with half the repetitions (it runs longer)."""
+    """``{setting: (seconds per clock and variant, time splits, peak MiB), 'sizes': bytes}`` of ``arch``: every
+    variant's repetitions interleaved (the patch-wise setting, which runs longer, half as many); the time split of
+    the image-wise setting (the first)."""
     from cadyq_plugin.inference import super_resolve
     settings = settings or SETTINGS
     report = {}
@@ -236,9 +256,8 @@ def bench_backbone(arch, repeats, memory, variants=DEFAULT_VARIANTS, options=Non
         for setting, (lr, patchwise) in settings.items():
             runs = {name: (lambda net=net: super_resolve(net, lr, patchwise)) for name, net in nets.items()
                     if not (patchwise and name in IMAGE_ONLY)}
-            times = interleaved_median(runs, repeats if patchwise is None else max(1, repeats // 2), 1,
-                                       torch.device('cpu'))
-            splits = {name: time_split(runs[name]) for name in SPLIT_VARIANTS if name in nets}
+            times = interleaved_times(runs, repeats if patchwise is None else max(1, repeats // 2))
+            splits = {name: time_split(runs[name]) for name in SPLIT_VARIANTS if name in nets and not patchwise}
             peaks = {name: peak_memory_mib(arch, name, setting) for name in nets} if memory and not patchwise else {}
             report[setting] = (times, splits, peaks)
     return report
@@ -250,28 +269,32 @@ def fp32_baseline(times):
 
 
 def print_report(arch, report, settings=None):
-    """The backbone's lines; returns the targets it misses."""
+    """The backbone's lines (every ratio on both clocks: wall / process CPU); returns the targets it misses (on the
+    wall clock)."""
     misses = []
     print(f'\n== {arch} ==')
     for setting in settings or SETTINGS:
-        times, splits, peaks = report[setting]
-        fp32, layout = fp32_baseline(times)
-        print(f'{setting}: FP32 {fp32 * 1e3:.0f} ms ({layout}; NCHW {times["fp32_nchw"] * 1e3:.0f}, channels-last '
-              f'{times["fp32_cl"] * 1e3:.0f})')
+        clocks, splits, peaks = report[setting]
+        times, cpu = clocks['wall'], clocks['process CPU']
+        (fp32, layout), (fp32_cpu, layout_cpu) = fp32_baseline(times), fp32_baseline(cpu)
+        print(f'{setting}: FP32 {_ms(fp32)} ms wall ({layout}; NCHW {_ms(times["fp32_nchw"])}, channels-last '
+              f'{_ms(times["fp32_cl"])}), {_ms(fp32_cpu)} ms process CPU ({layout_cpu})')
         for name in VARIANTS[2:]:
             if name in times:
                 memory = f', peak +{peaks[name]:.0f} MiB' if name in peaks else ''
-                print(f'  {name:16s} {times[name] * 1e3:8.0f} ms  {times[name] / fp32:5.2f}x FP32{memory}')
+                print(f'  {name:16s} {_ms(times[name]):>8s} ms {times[name] / fp32:5.2f}x FP32 wall, '
+                      f'{_ms(cpu[name]):>8s} ms {cpu[name] / fp32_cpu:5.2f}x FP32 process CPU{memory}')
         if peaks:
             print(f'  peak memory FP32 NCHW +{peaks["fp32_nchw"]:.0f} MiB, channels-last +{peaks["fp32_cl"]:.0f} MiB')
         if 'int8_full' in times:
             full = times['int8_full'] / fp32
-            print(f'  full-integer CADyQ (fp_layer_bits 8): {full:.2f}x FP32 (target <= {FULL_TARGET}x)')
+            print(f'  full-integer CADyQ (fp_layer_bits 8): {full:.2f}x FP32 wall, {cpu["int8_full"] / fp32_cpu:.2f}x '
+                  f'process CPU (target <= {FULL_TARGET}x)')
             if full > FULL_TARGET:
                 misses.append(f'{arch} {setting}: full-integer CADyQ {full:.2f}x FP32 > {FULL_TARGET}x')
         if 'int8_cadyq' in times:
             vs_fp32, vs_fake = times['int8_cadyq'] / fp32, times['int8_cadyq'] / times['fake_cadyq']
-            print(f'  reference-layout CADyQ int8: {vs_fp32:.2f}x FP32, {vs_fake:.2f}x fake CADyQ')
+            print(f'  reference-layout CADyQ int8: {vs_fp32:.2f}x FP32, {vs_fake:.2f}x fake CADyQ (wall)')
             if arch in FP32_TARGETS and vs_fp32 > FP32_TARGETS[arch]:
                 misses.append(f'{arch} {setting}: reference-layout CADyQ int8 {vs_fp32:.2f}x FP32 > '
                               f'{FP32_TARGETS[arch]}x')
@@ -280,7 +303,7 @@ def print_report(arch, report, settings=None):
                               f'{FAKE_TARGET}x')
         for name, (split, total) in splits.items():
             shares = ', '.join(f'{kind} {seconds / total:.0%}' for kind, seconds in split.items())
-            print(f'  time split {name} ({total * 1e3:.0f} ms under the profiler): {shares}')
+            print(f'  time split {name} ({_ms(total)} ms under the profiler): {shares}')
     sizes = report['sizes']
     print('  sizes: ' + ', '.join(f'{name} {size / 2**20:.2f} MiB' for name, size in sizes.items()))
     return misses
@@ -292,15 +315,15 @@ def _ms(seconds):
     return f'{ms:.0f}' if ms >= 100 else f'{ms:.{1 if ms >= 10 else 2}f}'
 
 
-def print_summary(reports, settings=None):
-    """One Markdown table of every backbone and setting: FP32 (faster layout), reference-layout int8 CADyQ and
-    full-integer CADyQ, in ms and as ratios to FP32."""
-    print('\n| backbone | setting | FP32 ms (layout) | int8 CADyQ (reference layout) | full-integer CADyQ | '
-          f'target <= {FULL_TARGET}x |')
+def print_summary(reports, clock, settings=None):
+    """One Markdown table of every backbone and setting on ``clock``: FP32 (faster layout), reference-layout int8
+    CADyQ and full-integer CADyQ, in ms and as ratios to FP32."""
+    print(f'\n{clock} time:\n\n| backbone | setting | FP32 ms (layout) | int8 CADyQ (reference layout) | '
+          f'full-integer CADyQ | target <= {FULL_TARGET}x |')
     print('|---|---|---|---|---|---|')
     for arch, report in reports.items():
         for setting in settings or SETTINGS:
-            times = report[setting][0]
+            times = report[setting][0][clock]
             fp32, layout = fp32_baseline(times)
             cells = []
             for name in ('int8_cadyq', 'int8_full'):
@@ -314,12 +337,14 @@ def main(archs=None, repeats=5, memory=False, variants=DEFAULT_VARIANTS, options
     """Every backbone of ``archs`` (default: the four), ``options`` an arch's extra arguments (``{arch: {...}}``,
     e.g. a tiny network), ``settings`` other inputs than :data:`SETTINGS` (``{label: (lr, patchwise)}``)."""
     print(f'CPU ({torch.get_num_threads()} threads); torch {torch.__version__}; medians of {repeats} interleaved '
-          'repetitions of wall time (patch-wise: half as many); every variant through super_resolve')
+          'repetitions (patch-wise: half as many), wall and process CPU time; every variant through super_resolve; '
+          'targets checked on wall time')
     misses, reports = [], {}
     for arch in archs or DEFAULT_ARCHS:
         reports[arch] = bench_backbone(arch, repeats, memory, variants, (options or {}).get(arch), settings)
         misses += print_report(arch, reports[arch], settings)
-    print_summary(reports, settings)
+    for clock in CLOCKS:
+        print_summary(reports, clock, settings)
     print(f'\ntargets: full-integer CADyQ (backend int8, fp_layer_bits 8) <= {FULL_TARGET}x FP32 (every backbone, '
           'image-wise and patch-wise); reference layout: CADyQ int8 <= ' +
           ', '.join(f'{v}x FP32 ({k})' for k, v in FP32_TARGETS.items()) + f', <= {FAKE_TARGET}x fake CADyQ')
