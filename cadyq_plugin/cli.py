@@ -28,6 +28,8 @@ COMMANDS = {
     'infer': Command('cadyq_plugin.tools.infer', 'super-resolve your own images and write their bit maps'),
     'export': Command('cadyq_plugin.tools.export', 'a trained checkpoint -> an int8 deployment checkpoint and/or an '
                       'ONNX graph'),
+    'int8-accuracy': Command('cadyq_plugin.tools.int8_accuracy', 'PSNR / SSIM / FAB of a network with 8-bit FP '
+                             'layers against the reference, on held-out photos'),
     'prepare-div2k': Command('cadyq_plugin.tools.prepare_div2k', 'DIV2K training LMDBs (HR sub-images and their '
                              'bicubic LR)'),
     'prepare-benchmark': Command('cadyq_plugin.tools.prepare_benchmark', 'benchmark test sets (Set5, Set14, B100, '

@@ -25,7 +25,7 @@ import os
 from collections import OrderedDict
 
 CADYQ_MODELS = ('CADyQSRModel', 'CADyQModel')
-QUANT_KEYS = ('quant_mode', 'w_bits', 'a_bits', 'bits', 'calib_iters', 'grad_scale')
+QUANT_KEYS = ('quant_mode', 'w_bits', 'a_bits', 'bits', 'calib_iters', 'grad_scale', 'fp_layer_bits')
 QUANT_METRICS = ('calculate_avg_bit', 'calculate_bitops')
 BAD_SAMPLE_CHOICES = ('raise', 'skip')
 IO_BACKENDS = ('disk', 'lmdb', 'memcached')
@@ -294,6 +294,10 @@ def _resolve_network(net_opt, key, problems):
                      'iterations; 0 keeps the loaded ranges)')
     if resolved.get('backend', 'fake') not in ('fake', 'int8'):
         problems.add(f'{key}.backend', resolved.get('backend'), "expected 'fake' or 'int8'")
+    fp_layer_bits = resolved.get('fp_layer_bits')
+    if fp_layer_bits is not None and not (_is_int(fp_layer_bits) and 2 <= fp_layer_bits <= 8):
+        problems.add(f'{key}.fp_layer_bits', fp_layer_bits, 'expected null (FP layers stay full precision) or an '
+                     'integer in 2..8 (bits of the weights and inputs of the convs outside the CADyQ set)')
     if not _is_int(resolved.get('upscale')) or resolved.get('upscale') < 1:
         problems.add(f'{key}.upscale', resolved.get('upscale'), 'expected a positive integer')
     return resolved

@@ -208,3 +208,21 @@ def test_benchmark_without_archs_measures_the_default_backbones_backends(capsys,
     out = capsys.readouterr().out
     assert '\n== SRResNet_CADyQ ==\n' in out
     assert len(re.findall(r'^\| SRResNet_CADyQ \| ', out, re.M)) == 2 * len(backend_benchmark.CLOCKS)
+
+
+# ---------------------------------------------------------------------------------------------- int8 accuracy
+def test_int8_accuracy_of_the_trained_network(tmp_path, capsys):
+    """The tests' trained EDSR (tests/data/trained), its FP layers calibrated on two small LR images, on 32-pixel
+    crops of the held-out photos: the reference and the post-training network, each in both backends."""
+    lr = _images(tmp_path / 'lr', {'a.png': (16, 16), 'b.png': (12, 20)})
+    model = REPO / 'tests' / 'data' / 'trained' / 'edsr_cadyq_quickstart_int8.pth'
+    assert cli_main(['int8-accuracy', '--model', str(model), '--calibrate', str(lr), '--size', '32']) == 0
+    out = capsys.readouterr().out
+    assert 'post-training calibration on 2 images' in out
+    rows = re.findall(r'^\| (.+?) \| (fake|int8) \| ([\d.]+) \| ([+-][\d.]+) \| ([\d.]+) \| ([\d.]+) \|$', out, re.M)
+    assert [row[:2] for row in rows] == [('reference (FP layers in float)', 'fake'),
+                                         ('reference (FP layers in float)', 'int8'),
+                                         ('post-training 8-bit FP layers', 'fake'),
+                                         ('post-training 8-bit FP layers', 'int8')]
+    assert rows[0][3] == '+0.0000' and all(float(row[2]) > 10 and 4 <= float(row[5]) <= 8 for row in rows)
+    assert all(abs(float(row[3]) - (float(row[2]) - float(rows[0][2]))) < 2e-4 for row in rows)

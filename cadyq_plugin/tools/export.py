@@ -3,11 +3,16 @@
 The int8 checkpoint (``OUT.pth``) holds the quantized convs' weights as int8 levels with their ranges and loads
 into the int8 backend alone (``basicsr infer --model OUT.pth --backend int8``). The ONNX graph (``--onnx``) has
 the dynamic bit selection inside and runs in onnxruntime (``pip install -e .[onnx]``).
+
+Full-integer network after training: ``--fp-layer-bits 8 --calibrate FOLDER`` quantizes the convs the reference
+keeps in full precision (head, upsampler, tail, ...) at 8 bits and sets their input ranges from the images in
+FOLDER (LR images, the network's input), post-training; a network trained with ``fp_layer_bits`` needs neither.
 """
 import argparse
 import os
 import sys
 
+from cadyq_plugin.tools.infer import input_images, read_lr
 from cadyq_plugin.tools.network_args import USER_ERRORS, add_network_args, build_loaded_network, network_options
 
 
@@ -17,14 +22,18 @@ def build_parser():
     add_network_args(parser)
     parser.add_argument('out', nargs='?', help='int8 checkpoint to write (.pth)')
     parser.add_argument('--onnx', help='ONNX graph to write (.onnx)')
+    parser.add_argument('--qlinear', action='store_true', help='with --onnx: an image-wise graph (batch 1) whose '
+                        'requantized convs are QLinearConv, onnxruntime\'s fast integer conv')
+    parser.add_argument('--calibrate', metavar='FOLDER', help='post-training calibration of the input ranges of '
+                        'the 8-bit FP layers on these LR images (with --fp-layer-bits or network_g.fp_layer_bits)')
     parser.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     return parser
 
 
 def conv_sizes(net):
     """Bytes of the quantized convs' weights as float32 and as int8 levels (+ one float32 range each)."""
-    from cadyq_plugin.quant import QConv2d
-    convs = [m for m in net.modules() if isinstance(m, QConv2d)]
+    from cadyq_plugin.quant.weight_quant import WeightQuantized
+    convs = [m for m in net.modules() if isinstance(m, WeightQuantized)]
     numel = sum(conv.weight.numel() for conv in convs)
     return 4 * numel, numel + 4 * len(convs)
 
@@ -33,11 +42,23 @@ def run(args):
     targets = [path for path in (args.out, args.onnx) if path]
     if not targets:
         raise ValueError('nothing to write: give OUT.pth and/or --onnx OUT.onnx')
+    if args.qlinear and not args.onnx:
+        raise ValueError('--qlinear shapes the ONNX graph: give --onnx OUT.onnx')
     if not args.overwrite:
         for path in targets:
             if os.path.exists(path):
                 raise FileExistsError(f'{path} exists; pass --overwrite to replace it')
-    net = build_loaded_network(network_options(args, 'int8'), args.model)
+    calibration = input_images(args.calibrate) if args.calibrate else None  # unreadable images: refused now
+    from cadyq_plugin.deploy import calibrate_fp_layers, fp_layer_range_keys
+    net_opt = network_options(args, 'int8')
+    if calibration is not None and not net_opt.get('fp_layer_bits'):
+        raise ValueError('--calibrate sets the input ranges of 8-bit FP layers: give --fp-layer-bits 8 (or '
+                         'network_g.fp_layer_bits)')
+    net = build_loaded_network(net_opt, args.model, fp_layer_range_keys if calibration is not None else None)
+    if calibration is not None:
+        count = calibrate_fp_layers(net, (read_lr(path) for path in calibration))
+        print(f'calibrated the input ranges of {len(fp_layer_range_keys(net)) // 2} {net.fp_layer_bits}-bit FP '
+              f'layers on {count} image{"s" if count != 1 else ""} of {args.calibrate}')
     if args.out:
         from cadyq_plugin.deploy import save_int8_checkpoint
         save_int8_checkpoint(net, args.out)
@@ -51,16 +72,18 @@ def run(args):
         except ImportError as err:
             raise ValueError(f'--onnx needs the onnx extra ({err.name} is missing): pip install -e .[onnx]') from err
         from cadyq_plugin.deploy import export_onnx
-        export_onnx(net, args.onnx)
-        print(f'ONNX graph {args.onnx}: {os.path.getsize(args.onnx) / 2**20:.2f} MiB')
+        count = export_onnx(net, args.onnx, qlinear=args.qlinear)
+        qlinear = f', batch 1, {count} QLinearConv' if args.qlinear else ''
+        print(f'ONNX graph {args.onnx}: {os.path.getsize(args.onnx) / 2**20:.2f} MiB{qlinear}')
 
 
 def main(argv):
+    from cadyq_plugin.data.image_io import ImageReadError
     from cadyq_plugin.quant.int8 import Int8BackendError
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except USER_ERRORS + (Int8BackendError, FileExistsError, ValueError) as err:
+    except USER_ERRORS + (ImageReadError, Int8BackendError, FileExistsError, FileNotFoundError, ValueError) as err:
         print(f'basicsr export: {err}', file=sys.stderr)
         return 1
     return 0
