@@ -1,5 +1,6 @@
 """The backends stage of the benchmark (``basicsr benchmark``) on tiny networks: it runs for every default
-backbone and prints the FP32 / reference-layout int8 / full-integer table, time splits and checkpoint sizes. Speed itself is not asserted (no timed tests)."""
+backbone and prints the FP32 / reference-layout int8 / full-integer table, time splits and checkpoint sizes. Speed
+itself is not asserted (no timed tests)."""
 import re
 
 import torch
