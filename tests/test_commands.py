@@ -3,6 +3,7 @@ elsewhere, run through the real entry point on tiny inputs (train/test: test_cli
 test_bitops.py; convert: test_golden_convert.py; infer/export: test_deploy.py; gpu-check: test_gpu_check.py)."""
 import ast
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -226,3 +227,24 @@ def test_int8_accuracy_of_the_trained_network(tmp_path, capsys):
                                          ('post-training 8-bit FP layers', 'int8')]
     assert rows[0][3] == '+0.0000' and all(float(row[2]) > 10 and 4 <= float(row[5]) <= 8 for row in rows)
     assert all(abs(float(row[3]) - (float(row[2]) - float(rows[0][2]))) < 2e-4 for row in rows)
+
+
+# ---------------------------------------------------------------------------------------------- budget evidence
+def test_budget_evidence_tabulates_and_plots_earlier_runs(tmp_path, capsys):
+    """``--include`` of an earlier run's results and no new backbone: the table, its exit status (within the
+    tolerances or not), the JSON and markdown beside it, and the plot (matplotlib, the plots extra)."""
+    pytest.importorskip('matplotlib')
+    curve = {str(i): {'avg_bit': 6.0 + (-1) ** i * 0.2, 'running_fab': 6.0} for i in range(1, 21)}
+    runs = [{'arch': 'edsr', 'target': 6.0, 'train_fab': 6.1, 'running_fab': 6.0, 'final_weight': 1e-4,
+             'val_fab': 6.3, 'psnr': 27.5, 'curve': curve, 'validations': [[20, 6.3]]}]
+    (tmp_path / 'earlier.json').write_text(json.dumps({'results': runs}))
+    args = ['budget-evidence', '--archs', '--include', str(tmp_path / 'earlier.json'), '--workdir',
+            str(tmp_path / 'work'), '--plot', str(tmp_path / 'fab.png')]
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert '| edsr | 6.00 | 6.10 | 6.00 | 6.30 | 27.50 | yes |' in out
+    assert (tmp_path / 'fab.png').stat().st_size > 0
+    assert '| edsr | 6.00 |' in (tmp_path / 'work' / 'budget_evidence.md').read_text()
+    runs[0]['val_fab'] = 7.0  # 1 bit off the target: outside the validation tolerance
+    (tmp_path / 'earlier.json').write_text(json.dumps({'results': runs}))
+    assert cli_main(args) == 1 and '| 7.00 | 27.50 | no |' in capsys.readouterr().out
