@@ -220,4 +220,4 @@ def test_selector_eval_output_equals_training_output_and_samples_are_independent
 def test_record_rejects_out_of_order_selectors():
     record = BitRecord(torch.zeros(1, 2), 1, 'cpu')
     with pytest.raises(RuntimeError, match='out of order'):
-        record.add(1, torch.ones(1), torch.ones(1))
+        record.add(1, torch.zeros(1, dtype=torch.long), torch.ones(1, 2) / 2, torch.tensor([4.0, 8.0]))

@@ -37,6 +37,7 @@ from cadyq_plugin.deploy import INT8_KEY, load_int8_state_dict
 from cadyq_plugin.distributed import get_dist_info, wrap_model
 from cadyq_plugin.inference import super_resolve
 from cadyq_plugin.metrics import MACCounter
+from cadyq_plugin.models.compiling import NetworkCompiler, compiled_training_step
 from cadyq_plugin.models.stage_loading import load_stage_weights
 from cadyq_plugin.models.step_guard import DEFAULT_MAX_BAD_STEPS, StepGuard, checkpoint_dirs
 from cadyq_plugin.models.validation import average_rows, dist_validation, visualization_path
@@ -62,6 +63,10 @@ class CADyQSRModel(SRModel):
 
     # ----------------------------------------------------------------- networks
     def model_to_device(self, net):
+        """Also compiles the student in place when training compiles (``train.compile``, see :mod:`compiling`)."""
+        if not hasattr(self, 'network_compiler'):
+            self.network_compiler = NetworkCompiler(self.opt, self.device)
+        self.network_compiler.prepare(net, f'student {type(net).__name__} (network_g)', 'train')
         return wrap_model(net, self.opt, self.device)
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
@@ -163,6 +168,7 @@ class CADyQSRModel(SRModel):
             self.optimizer_s = make_optimizer(optim_s.pop('type'), [{'params': selectors, **optim_s}])
             self.optimizers.append(self.optimizer_s)
 
+    @compiled_training_step
     def optimize_parameters(self, current_iter):
         """One training step (see the module doc): losses of :meth:`compute_losses`, the step guard, EMA."""
         net = self.get_bare_model(self.net_g)
@@ -213,10 +219,12 @@ class CADyQSRModel(SRModel):
         net = getattr(self, 'net_g_ema', None)
         if net is None:
             net = self.get_bare_model(self.net_g)
+        self.network_compiler.prepare(net, f'{type(net).__name__} (inference)', 'val')
         was_training = net.training
         net.eval()
         patchwise = (self.opt.get('val') or {}).get('patchwise')
-        self.output, self.forwards, self.regions = super_resolve(net, self.lq, patchwise, self.mac_counter)
+        with self.network_compiler.running('val', 'the first inference'):
+            self.output, self.forwards, self.regions = super_resolve(net, self.lq, patchwise, self.mac_counter)
         net.train(was_training)
 
     def static_bits(self):

@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn as nn
 
-from cadyq_plugin.quant.act_quant import PAMSQuant, batch_max_abs, dot_to_shape, levels, quantized_level
+from cadyq_plugin.quant.act_quant import PAMSQuant, calibrate, levels, pams_quantize
 
 
 def check_candidate_bits(bits):
@@ -15,46 +15,6 @@ def check_candidate_bits(bits):
         raise ValueError(f'candidate bits must be a sorted list of at least 2 distinct integers in 2..8, '
                          f'got {bits!r}')
     return values
-
-
-class _SelectQuantize(torch.autograd.Function):
-    """Forward: each sample quantized at its chosen candidate only. Backward: the gradient of the
-    probability-weighted mixture ``sum_k p_k Q_k(x)`` (straight-through selection, SPEC §2).
-
-    Both directions share the PAMS expression of :mod:`act_quant`; the mixture is never materialised in the
-    forward, so inference and training produce bit-identical outputs and the forward costs one quantization.
-    """
-
-    @staticmethod
-    def forward(ctx, x, alphas, qs, choice, probs, clip_range):
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        alpha, q = alphas[choice].view(shape), qs[choice].view(shape)
-        y = quantized_level(x, alpha, q, clip_range).mul_(alpha)
-        ctx.save_for_backward(x, alphas, qs, probs)
-        ctx.clip = clip_range
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        """Per candidate k, with per-sample dot products ``<., .>_b`` (no product temporaries):
-        dL/dp_k[b] = <g, Q_k>_b; dL/dalpha_k = sum_b p_k[b] (<g, Q_k>_b - <g * [|x| <= a_k], x>_b) / a_k;
-        dL/dx = sum_k p_k * g * [|x| <= a_k] (just g without clipping, as sum_k p_k = 1)."""
-        x, alphas, qs, probs = ctx.saved_tensors
-        batch = (x.shape[0],)
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        grad_alphas = torch.zeros_like(alphas)
-        grad_probs = torch.zeros_like(probs)
-        x_abs = x.abs() if ctx.clip else None
-        grad_x = torch.zeros_like(x) if ctx.clip else grad_y.clone()
-        for k in range(alphas.numel()):
-            a, q, p_k = alphas[k], qs[k], probs[:, k]
-            q_k = quantized_level(x, a, q, ctx.clip).mul_(a)
-            grad_probs[:, k] = dot_to_shape(grad_y, q_k, batch)
-            passed = torch.where(x_abs <= a, grad_y, 0.0) if ctx.clip else grad_y
-            grad_alphas[k] = (p_k * (grad_probs[:, k] - dot_to_shape(passed, x, batch))).sum() / a
-            if ctx.clip:
-                grad_x.add_(passed.mul_(p_k.view(shape)))
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_alphas, None, None, grad_probs, None
 
 
 def layer_std(x):
@@ -74,8 +34,9 @@ def layer_std(x):
 
 
 def _sqrt_count(n):
-    """``sqrt(n)`` of a pixel count: a float, or a graph value in an exported graph (where ``n`` is symbolic)."""
-    if torch.compiler.is_exporting():
+    """``sqrt(n)`` of a pixel count: a float, or a graph value in a compiled or exported graph (where ``n`` may be
+    symbolic)."""
+    if torch.compiler.is_compiling():
         return torch.scalar_tensor(n, dtype=torch.float32).sqrt()
     return math.sqrt(n)
 
@@ -108,21 +69,16 @@ class BitSelector(nn.Module):
         logits = self.fc(torch.cat([record.image_feature, sigma], dim=1))
         choice = logits.argmax(dim=1)
         probs = torch.softmax(logits, dim=1)
-        calibrate = self.training and self.calibrating
-        if calibrate:
-            max_val = batch_max_abs(x)
-            for quantizer in self.quantizers:
-                quantizer.max_val.copy_(max_val)
-                quantizer.alpha.data.copy_(max_val.reshape(1))
+        calibrating = self.training and self.calibrating
+        if calibrating:
+            calibrate(self.quantizers, x)
         alphas = torch.cat([quantizer.alpha for quantizer in self.quantizers])
         if self.int8_codes is not None and not self.training:
             shape = (-1,) + (1,) * (x.dim() - 1)
             y = self.int8_codes(x, alphas[choice].view(shape), self.levels[choice].view(shape))
         else:
-            y = _SelectQuantize.apply(x, alphas, self.levels, choice, probs, not calibrate)
-        expected = probs @ self.bit_values
-        chosen = self.bit_values[choice] + (expected - expected.detach())
-        record.add(self.index, chosen, expected)
+            y = pams_quantize(x, alphas, self.levels, not calibrating, choice, probs)
+        record.add(self.index, choice, probs, self.bit_values)
         return y
 
     def bit_spec(self):

@@ -7,8 +7,10 @@ def weight_levels(weight, bits):
     """``(round(W * q / m), m, q)`` with ``m = max|W| + 1e-8`` and ``q = 2^(bits-1) - 1``: the integer levels
     ``-q..q`` of the quantized weight ``level * m / q`` (as float), shared by both backends."""
     q = 2**(bits - 1) - 1
-    m = weight.detach().abs().max() + 1e-8
-    return (weight.detach() * q).div_(m).round_(), m, q
+    if weight.requires_grad and torch.is_grad_enabled():
+        weight = weight.detach()
+    m = torch.linalg.vector_norm(weight, ord=float('inf')) + 1e-8  # max |W|, exactly
+    return (weight * q).div_(m).round_(), m, q
 
 
 class _QuantizeWeight(torch.autograd.Function):
@@ -40,7 +42,8 @@ class QConv2d(nn.Conv2d):
     Parameter names are those of ``nn.Conv2d``, so FP checkpoints load into it unchanged. ``input_quantizer``
     names the activation quantizer that feeds this conv; the BitOPs counter reads its bit-width from there, and
     the int8 backend makes that quantizer emit integer codes. ``int8_kernel`` (set by ``set_backend``) runs the
-    conv in eval mode; training always takes the fake-quantized path.
+    conv in eval mode; training always takes the fake-quantized path. A frozen weight (a teacher's) is quantized
+    once and reused until it changes (eager only: a compiled graph fuses the quantization into one kernel).
     """
 
     def __init__(self, *args, w_bits=8, **kwargs):
@@ -48,6 +51,7 @@ class QConv2d(nn.Conv2d):
         self.w_bits = w_bits
         object.__setattr__(self, 'input_quantizer', None)  # a reference, not a submodule
         self.int8_kernel = None
+        self._frozen = (None, None)  # (key, quantized weight) of a weight that needs no gradient
 
     def feed_from(self, quantizer):
         """Record which activation quantizer produces this conv's input (used for BitOPs)."""
@@ -57,7 +61,17 @@ class QConv2d(nn.Conv2d):
     def forward(self, x):
         if self.int8_kernel is not None and not self.training:
             return self.int8_kernel(self, x)
-        return self._conv_forward(x, quantize_weight(self.weight, self.w_bits), self.bias)
+        return self._conv_forward(x, self.quantized_weight(), self.bias)
+
+    def quantized_weight(self):
+        """``quantize_weight(self.weight, self.w_bits)``, cached for a weight that needs no gradient."""
+        weight = self.weight
+        if weight.requires_grad or torch.compiler.is_compiling():
+            return quantize_weight(weight, self.w_bits)
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, self.w_bits)
+        if self._frozen[0] != key:
+            self._frozen = (key, quantize_weight(weight, self.w_bits))
+        return self._frozen[1]
 
     def train(self, mode=True):
         if self.int8_kernel is not None:
