@@ -46,11 +46,16 @@ class _PAMSQuantize(torch.autograd.Function):
 
     The gradient is that of the probability-weighted mixture ``sum_k p_k Q_k(x)`` (SPEC §2; ``p = 1`` for one
     candidate), with the PAMS derivatives of each candidate (autograd on the formula, identity round):
-    ``dQ_k/dx = [|x| <= a_k]`` (1 without clipping) and ``dQ_k/da_k = (Q_k - x [|x| <= a_k]) / a_k``. With the
-    per-sample sums ``G[k, b] = <g, Q_k>_b`` and ``X[k, b] = <g x, [|x| <= a_k]>_b`` one reduction over the
-    stacked candidates gives everything: ``dL/dp_k[b] = G[k, b]``, ``dL/da_k = sum_b p_k[b] (G - X)[k, b] / a_k``
-    and ``dL/dx = g sum_k p_k [|x| <= a_k]``. With one candidate ``Q_0`` is the output itself (saved, not
-    recomputed); the forward never builds the mixture, so training and inference outputs are bit-identical.
+    ``dQ_k/dx = [|x| <= a_k]`` (1 without clipping) and ``dQ_k/da_k = (Q_k - x [|x| <= a_k]) / a_k``, which is
+    ``(E_k + x [|x| > a_k]) / a_k`` with the quantization error ``E_k = Q_k - x``. One reduction over the stacked
+    candidates gives the per-sample sums ``G[k, b] = <g, E_k>_b`` and ``O[k, b] = <g x, [|x| > a_k]>_b``:
+    ``dL/da_k = sum_b p_k[b] (G + O)[k, b] / a_k``, ``dL/dx = g sum_k p_k [|x| <= a_k]``, and ``G`` is the gradient
+    of the probabilities. It differs from ``<g, Q_k>_b`` by ``<g, x>_b``, the same for every candidate, which the
+    softmax that makes ``p`` cancels exactly (its gradient ignores a per-sample constant); sums of the small
+    errors ``E_k`` keep the digits that ``<g, Q_k>_b - <g, Q_j>_b`` would lose, so the selector's and the ranges'
+    gradients do not depend on the order of float summation. With one candidate ``Q_0`` is the output itself
+    (saved, not recomputed); the forward never builds the mixture, so training and inference outputs are
+    bit-identical.
     """
 
     @staticmethod
@@ -72,27 +77,24 @@ class _PAMSQuantize(torch.autograd.Function):
         stacked = (-1,) + (1,) * x.dim()  # [K] -> [K, 1, ...], against [K, B, ...]
         alpha = alphas.view(stacked)
         if y is None:
-            values = quantized_value(x.unsqueeze(0), alpha, qs.view(stacked), ctx.clip).mul_(grad_y)
+            errors = quantized_value(x.unsqueeze(0), alpha, qs.view(stacked), ctx.clip).sub_(x)
         else:
-            values = (y * grad_y).unsqueeze(0)
-        g_values = sample_sums(values)
-        g_x = grad_y * x
+            errors = (y - x).unsqueeze(0)
+        g_errors = sample_sums(errors.mul_(grad_y))  # G [K, B]
+        range_terms = g_errors
+        grad_x = grad_y
         if ctx.clip:
-            inside = x.abs() <= alpha
-            g_inside = sample_sums(inside * g_x)
+            outside = x.abs() > alpha  # [K, B, ...]
+            range_terms = g_errors + sample_sums(outside * (grad_y * x))
             if probs is None:
-                grad_x = inside[0] * grad_y
+                grad_x = grad_y.masked_fill(outside[0], 0.0)
             else:
                 per_sample = probs.t().reshape((-1, x.shape[0]) + (1,) * (x.dim() - 1))  # [K, B, 1, ...]
-                grad_x = (inside * per_sample).sum(dim=0).mul_(grad_y)
-        else:
-            g_inside = g_x.flatten(1).sum(dim=1)
-            grad_x = grad_y
-        range_terms = g_values - g_inside
+                grad_x = (outside.logical_not() * per_sample).sum(dim=0).mul_(grad_y)
         if probs is not None:
-            range_terms = range_terms.mul_(probs.t())
+            range_terms = range_terms * probs.t()
         grad_alphas = range_terms.sum(dim=1).div_(alphas) if ctx.needs_input_grad[1] else None
-        grad_probs = g_values.t() if probs is not None and ctx.needs_input_grad[4] else None
+        grad_probs = g_errors.t() if probs is not None and ctx.needs_input_grad[4] else None
         return (grad_x if ctx.needs_input_grad[0] else None), grad_alphas, None, None, grad_probs, None
 
 

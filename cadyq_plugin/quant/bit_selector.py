@@ -27,17 +27,17 @@ def layer_std(x):
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         flat = x.permute(0, 2, 3, 1).flatten(1, 2)
         centered = flat - flat.mean(dim=1, keepdim=True)
-        return centered.mul_(centered).sum(dim=1).sqrt_() / _sqrt_count(flat.shape[1] - 1)
+        return centered.mul_(centered).sum(dim=1).sqrt_() / _sqrt_count(flat.shape[1] - 1, x.dtype)
     flat = x.flatten(2)
     centered = flat - flat.mean(dim=2, keepdim=True)
-    return torch.linalg.vector_norm(centered, dim=2) / _sqrt_count(flat.shape[2] - 1)
+    return torch.linalg.vector_norm(centered, dim=2) / _sqrt_count(flat.shape[2] - 1, x.dtype)
 
 
-def _sqrt_count(n):
-    """``sqrt(n)`` of a pixel count: a float, or a graph value in a compiled or exported graph (where ``n`` may be
-    symbolic)."""
+def _sqrt_count(n, dtype):
+    """``sqrt(n)`` of a pixel count: a float, or a graph value of ``dtype`` in a compiled or exported graph (where
+    ``n`` may be symbolic); both round to the same ``dtype`` number."""
     if torch.compiler.is_compiling():
-        return torch.scalar_tensor(n, dtype=torch.float32).sqrt()
+        return torch.scalar_tensor(n, dtype=dtype).sqrt()
     return math.sqrt(n)
 
 
