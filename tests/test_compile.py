@@ -13,9 +13,12 @@ from basicsr.archs import build_network
 from cadyq_plugin.archs import EDSR_CADyQ
 from cadyq_plugin.convert import convert_state_dict
 from cadyq_plugin.models.compiling import NetworkCompileError, NetworkCompiler, check_compile_value
+from cadyq_plugin.models.stage_loading import load_stage_weights
 from cadyq_plugin.quant import BitSelector, PAMSQuant, set_calibration
+from tiny_workspace import logged_losses, make_tiny_pairs, run_cli, tiny_stage_options
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'reference', 'edsr_cadyq_golden.pt')
+TINY_EDSR = {'num_feat': 8, 'num_block': 1}
 SMALL = {
     'EDSR_CADyQ': {'type': 'EDSR_CADyQ', 'num_feat': 8, 'num_block': 2},
     'CARN_CADyQ': {'type': 'CARN_CADyQ', 'num_feat': 8, 'num_block': 1, 'num_res_block': 2},
@@ -209,3 +212,52 @@ def test_compiled_training_matches_eager(fresh_dynamo):
         for name, grad in grads_eager.items():
             assert torch.allclose(grads_compiled[name], grad, rtol=1e-9, atol=1e-9 * float(grad.abs().max())), name
     assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-15) for a, b in zip(eager.parameters(), compiled.parameters()))
+
+
+# ------------------------------------------------------------------------------------ basicsr train
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory):
+    """Tiny real pairs and a tiny PAMS EDSR checkpoint (the stage-2 output a stage-3 run starts from)."""
+    root = tmp_path_factory.mktemp('compile')
+    data = make_tiny_pairs(str(root / 'data'))
+    torch.manual_seed(0)
+    fp = build_network({'type': 'EDSR_CADyQ', 'quant_mode': 'fp', **TINY_EDSR})
+    pams = build_network({'type': 'EDSR_CADyQ', 'quant_mode': 'pams', **TINY_EDSR})
+    load_stage_weights(pams, fp.state_dict(), 'fp')
+    torch.save({'params': pams.state_dict()}, root / 'pams.pth')
+    return {'data': data, 'pams': str(root / 'pams.pth')}
+
+
+def cadyq_options(workspace, workdir, total_iter):
+    keys = {f'network_{net}.{key}': value for net in 'gt' for key, value in TINY_EDSR.items()}
+    keys.update({'path.pretrain_network_t': workspace['pams'], 'path.pretrain_network_g': workspace['pams'],
+                 'logger.use_tb_logger': False, 'network_g.calib_iters': 1, 'train.bit_opt.loss_weight': 0.05,
+                 'train.optim_selector.lr': 0.05})
+    os.makedirs(workdir, exist_ok=True)
+    return tiny_stage_options(str(workdir), workspace['data'], 'train_edsrbaseline', 'cadyq', total_iter, **keys)
+
+
+def test_basicsr_train_compiles_and_resumes_exactly(workspace, tmp_path):
+    """``basicsr train -opt options/train_edsrbaseline_cadyq.yml --force_yml train:compile=true`` (here on a tiny
+    network, with validation compiled too): the log gives the compile time of the first step and of the step
+    that ends calibration; a run stopped after 2 iterations and resumed to 4 logs the same losses and ends with
+    the same weights as 4 iterations in one go (compiled code is deterministic)."""
+    force = ['--force_yml', 'train:compile=true', 'val:compile=true']
+    once, twice = tmp_path / 'once', tmp_path / 'twice'
+    proc = run_cli(['train', '-opt', cadyq_options(workspace, once, 4)] + force, cwd=str(once), timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'train.compile (default): the first step took' in proc.stderr
+    assert 'train.compile (default): the first step after calibration (iter 2' in proc.stderr
+    assert 'val.compile (default): the first inference took' in proc.stderr
+    for total in (2, 4):
+        proc = run_cli(['train', '-opt', cadyq_options(workspace, twice, total), '--auto_resume'] + force,
+                       cwd=str(twice), timeout=1500)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'Resuming training from epoch' in proc.stderr
+    experiments = [os.path.join(str(d), 'experiments', 'EDSR_cadyq_x4') for d in (once, twice)]
+    reference, resumed = (logged_losses(e) for e in experiments)
+    assert sorted(reference) == sorted(resumed) == [1, 2, 3, 4]
+    assert all(set(resumed[it]) == set(reference[it]) for it in reference)
+    weights = [torch.load(os.path.join(e, 'models', 'net_g_latest.pth'), weights_only=True)['params']
+               for e in experiments]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
