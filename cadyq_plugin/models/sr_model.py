@@ -20,6 +20,7 @@ the teacher, the distillation and the bit loss. Beyond ``SRModel``:
   never changes the generators training draws from; FAB/BitOPs metrics, bit maps, TensorBoard bit histograms and
   results tables.
 """
+import inspect
 from collections import OrderedDict
 from os import path as osp
 
@@ -326,8 +327,18 @@ class CADyQSRModel(SRModel):
 
 
 def make_optimizer(optim_type, groups):
-    """A ``torch.optim`` optimizer by class name over parameter ``groups``."""
+    """A ``torch.optim`` optimizer by class name over parameter ``groups``. One that has a fused implementation
+    (Adam, AdamW, SGD, ...) uses it on every device, else the multi-tensor (``foreach``) one: one or a few
+    operations per parameter group instead of several per parameter (CADyQ networks have hundreds of small
+    parameters: every quantizer's range). The fused update is the same formula; it may round differently in the
+    last bit. A group that sets ``fused`` or ``foreach`` itself keeps its choice."""
     optim_cls = getattr(torch.optim, optim_type, None)
     if optim_cls is None or not isinstance(optim_cls, type):
         raise ValueError(f'unknown optimizer type {optim_type!r}; use a torch.optim class name such as Adam')
+    if any('fused' in group or 'foreach' in group for group in groups):
+        return optim_cls(groups)
+    accepted = inspect.signature(optim_cls).parameters
+    for implementation in ('fused', 'foreach'):
+        if implementation in accepted:
+            return optim_cls(groups, **{implementation: True})
     return optim_cls(groups)

@@ -20,14 +20,17 @@ def rounded_level(x, alpha, q, clip_range=True):
     quantized value ``level / q * alpha``, as float (``alpha`` a tensor, ``q`` a number or a tensor, both
     broadcasting against ``x``).
 
-    Computed as ``clamp(round(x / alpha * q), -q, q)``, which is the same number for every ``x``: the float
-    operations are monotonic and ``alpha / alpha * q`` is exactly ``q``, so an ``x`` beyond the range rounds to a
-    level at least ``q`` either way. Clamping the levels needs no per-sample bounds from the tensor (a number
-    for a fixed quantizer), so the whole quantizer is a handful of operations on one buffer. The int8 backend
-    turns these levels into integer codes, so both backends round every value identically.
+    Computed as ``round(clamp(x / alpha, -1, 1) * q)``, which is the same number for every ``x``: where
+    ``|x| <= alpha`` the two compute ``x / alpha`` alike, and beyond the range ``x / alpha`` rounds to at least 1
+    in magnitude (float division is monotonic and ``alpha / alpha`` is exactly 1), which the clamp makes 1, as
+    ``alpha / alpha`` does in the reference. Clamping to +-1 needs no bounds from the tensor, whatever the
+    per-sample ranges, so the quantizer is a handful of fast operations on one buffer. The int8 backend turns
+    these levels into integer codes, so both backends round every value identically.
     """
-    level = (x / alpha).mul_(q).round_()
-    return level.clamp_(-q, q) if clip_range else level
+    level = x / alpha
+    if clip_range:
+        level.clamp_(-1.0, 1.0)
+    return level.mul_(q).round_()
 
 
 def quantized_value(x, alpha, q, clip_range=True):
@@ -35,9 +38,12 @@ def quantized_value(x, alpha, q, clip_range=True):
     return rounded_level(x, alpha, q, clip_range).div_(q).mul_(alpha)
 
 
-def sample_sums(t):
-    """Sum over everything but the first two dimensions of a ``[K, B, ...]`` tensor: ``[K, B]``."""
-    return t.flatten(2).sum(dim=2)
+def chosen_value(x, alphas, qs, choice, clip_range):
+    """``x`` quantized by its candidate: the one (``choice`` None), or each sample's ``choice[b]`` among K."""
+    if choice is None:
+        return quantized_value(x, alphas, qs, clip_range)
+    shape = (-1, ) + (1, ) * (x.dim() - 1)
+    return quantized_value(x, alphas[choice].view(shape), qs[choice].view(shape), clip_range)
 
 
 class _PAMSQuantize(torch.autograd.Function):
@@ -60,12 +66,7 @@ class _PAMSQuantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, alphas, qs, choice, probs, clip_range):
-        if choice is None:
-            alpha, q = alphas, qs
-        else:
-            shape = (-1,) + (1,) * (x.dim() - 1)
-            alpha, q = alphas[choice].view(shape), qs[choice].view(shape)
-        y = quantized_value(x, alpha, q, clip_range)
+        y = chosen_value(x, alphas, qs, choice, clip_range)
         ctx.save_for_backward(x, alphas, qs if isinstance(qs, torch.Tensor) else None, probs,
                               y if choice is None else None)
         ctx.clip = clip_range
@@ -74,26 +75,28 @@ class _PAMSQuantize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, alphas, qs, probs, y = ctx.saved_tensors
-        stacked = (-1,) + (1,) * x.dim()  # [K] -> [K, 1, ...], against [K, B, ...]
-        alpha = alphas.view(stacked)
-        if y is None:
-            errors = quantized_value(x.unsqueeze(0), alpha, qs.view(stacked), ctx.clip).sub_(x)
-        else:
-            errors = (y - x).unsqueeze(0)
-        g_errors = sample_sums(errors.mul_(grad_y))  # G [K, B]
+        if y is None:  # K candidates: stacked along a new first dimension, [K, B, ...]
+            alpha = alphas.view((-1, ) + (1, ) * x.dim())
+            errors = quantized_value(x, alpha, qs.view(alpha.shape), ctx.clip).sub_(x)
+        else:  # one candidate, the output itself: [B, ...]
+            alpha, errors = alphas, y - x
+        per_sample = tuple(range(errors.dim() - x.dim() + 1, errors.dim()))  # the dimensions after B
+        g_errors = errors.mul_(grad_y).sum(dim=per_sample)  # G: [K, B], or [B]
         range_terms = g_errors
         grad_x = grad_y
         if ctx.clip:
-            outside = x.abs() > alpha  # [K, B, ...]
-            range_terms = g_errors + sample_sums(outside * (grad_y * x))
+            outside = x.abs() > alpha
+            range_terms = g_errors + (outside * (grad_y * x)).sum(dim=per_sample)
             if probs is None:
-                grad_x = grad_y.masked_fill(outside[0], 0.0)
+                grad_x = grad_y.masked_fill(outside, 0.0)
             else:
-                per_sample = probs.t().reshape((-1, x.shape[0]) + (1,) * (x.dim() - 1))  # [K, B, 1, ...]
-                grad_x = (outside.logical_not() * per_sample).sum(dim=0).mul_(grad_y)
-        if probs is not None:
+                weights = probs.t()  # [K, B]
+                inside = outside.logical_not_() * weights.reshape(weights.shape + (1, ) * (x.dim() - 1))
+                grad_x = inside.sum(dim=0).mul_(grad_y)
+                range_terms = range_terms.mul_(weights)
+        elif probs is not None:
             range_terms = range_terms * probs.t()
-        grad_alphas = range_terms.sum(dim=1).div_(alphas) if ctx.needs_input_grad[1] else None
+        grad_alphas = range_terms.sum(dim=-1) / alphas if ctx.needs_input_grad[1] else None
         grad_probs = g_errors.t() if probs is not None and ctx.needs_input_grad[4] else None
         return (grad_x if ctx.needs_input_grad[0] else None), grad_alphas, None, None, grad_probs, None
 
@@ -108,6 +111,8 @@ def pams_quantize(x, alphas, qs, clip_range=True, choice=None, probs=None):
         choice (Tensor | None): ``[B]`` each sample's candidate; None: the one candidate for every sample.
         probs (Tensor | None): ``[B, K]`` selection probabilities (their gradient is returned), with ``choice``.
     """
+    if not torch.is_grad_enabled():  # inference, a teacher: the forward arithmetic alone
+        return chosen_value(x, alphas, qs, choice, clip_range)
     return _PAMSQuantize.apply(x, alphas, qs, choice, probs, clip_range)
 
 

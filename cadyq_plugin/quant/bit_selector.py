@@ -23,14 +23,14 @@ def layer_std(x):
     A channels-last ``x`` (the int8 backend's layout) is reduced as ``[B, H*W, C]`` without a layout copy; the
     result differs from the NCHW reduction only by float round-off.
     """
-    x = x.detach()
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        flat = x.permute(0, 2, 3, 1).flatten(1, 2)
-        centered = flat - flat.mean(dim=1, keepdim=True)
-        return centered.mul_(centered).sum(dim=1).sqrt_() / _sqrt_count(flat.shape[1] - 1, x.dtype)
-    flat = x.flatten(2)
-    centered = flat - flat.mean(dim=2, keepdim=True)
-    return torch.linalg.vector_norm(centered, dim=2) / _sqrt_count(flat.shape[2] - 1, x.dtype)
+    with torch.no_grad():
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            flat = x.permute(0, 2, 3, 1).flatten(1, 2)
+            centered = flat - flat.mean(dim=1, keepdim=True)
+            return centered.mul_(centered).sum(dim=1).sqrt_() / _sqrt_count(flat.shape[1] - 1, x.dtype)
+        pixels = tuple(range(2, x.dim()))
+        centered = x - x.mean(dim=pixels, keepdim=True)
+        return torch.linalg.vector_norm(centered, dim=pixels) / _sqrt_count(math.prod(x.shape[2:]) - 1, x.dtype)
 
 
 def _sqrt_count(n, dtype):

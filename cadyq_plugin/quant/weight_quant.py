@@ -1,4 +1,7 @@
 """Per-tensor symmetric weight quantization and the convolution that uses it (SPEC §1)."""
+import contextlib
+from collections import defaultdict
+
 import torch
 import torch.nn as nn
 
@@ -36,6 +39,48 @@ def quantize_weight(weight, bits):
     return _QuantizeWeight.apply(weight, bits)
 
 
+class _QuantizeWeights(torch.autograd.Function):
+    """:class:`_QuantizeWeight` of several weights of one bit-width at once, with multi-tensor kernels (the same
+    operations on every element, so the same numbers): a handful of operations for all of a network's convs."""
+
+    @staticmethod
+    def forward(ctx, bits, *weights):
+        ctx.set_materialize_grads(False)  # a conv that does not run gives its weight no gradient, not zeros
+        q = 2**(bits - 1) - 1
+        m = torch._foreach_add(torch._foreach_norm(weights, ord=float('inf')), 1e-8)
+        quantized = torch._foreach_mul(weights, q)
+        torch._foreach_div_(quantized, m)
+        torch._foreach_round_(quantized)
+        torch._foreach_mul_(quantized, m)
+        torch._foreach_div_(quantized, q)
+        return tuple(quantized)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, ) + grads
+
+
+@contextlib.contextmanager
+def weights_quantized_together(convs):
+    """While the context is open, the :class:`QConv2d` among ``convs`` whose weights train use weights quantized
+    together (one multi-tensor computation per bit-width) instead of one quantization each. Eager mode only: a
+    compiled graph fuses each conv's quantization into one kernel anyway."""
+    groups = defaultdict(list)
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        for conv in convs:
+            if isinstance(conv, QConv2d) and conv.weight.requires_grad and (conv.training or not conv.int8_kernel):
+                groups[conv.w_bits].append(conv)
+    for bits, members in groups.items():
+        for conv, weight in zip(members, _QuantizeWeights.apply(bits, *(conv.weight for conv in members))):
+            conv.prequantized = weight
+    try:
+        yield
+    finally:
+        for members in groups.values():
+            for conv in members:
+                conv.prequantized = None
+
+
 class QConv2d(nn.Conv2d):
     """``nn.Conv2d`` whose weight is quantized on the fly; the bias stays full precision.
 
@@ -43,7 +88,9 @@ class QConv2d(nn.Conv2d):
     names the activation quantizer that feeds this conv; the BitOPs counter reads its bit-width from there, and
     the int8 backend makes that quantizer emit integer codes. ``int8_kernel`` (set by ``set_backend``) runs the
     conv in eval mode; training always takes the fake-quantized path. A frozen weight (a teacher's) is quantized
-    once and reused until it changes (eager only: a compiled graph fuses the quantization into one kernel).
+    once and reused until it changes, and ``prequantized`` holds the weight quantized with the others of the
+    network (:func:`weights_quantized_together`) during a forward pass; both in eager mode only (a compiled graph
+    fuses the quantization into one kernel).
     """
 
     def __init__(self, *args, w_bits=8, **kwargs):
@@ -52,6 +99,7 @@ class QConv2d(nn.Conv2d):
         object.__setattr__(self, 'input_quantizer', None)  # a reference, not a submodule
         self.int8_kernel = None
         self._frozen = (None, None)  # (key, quantized weight) of a weight that needs no gradient
+        self.prequantized = None
 
     def feed_from(self, quantizer):
         """Record which activation quantizer produces this conv's input (used for BitOPs)."""
@@ -65,6 +113,8 @@ class QConv2d(nn.Conv2d):
 
     def quantized_weight(self):
         """``quantize_weight(self.weight, self.w_bits)``, cached for a weight that needs no gradient."""
+        if self.prequantized is not None:
+            return self.prequantized
         weight = self.weight
         if weight.requires_grad or torch.compiler.is_compiling():
             return quantize_weight(weight, self.w_bits)
