@@ -736,8 +736,8 @@ def _check_compile(opt, problems):
         if expected:
             problems.add(f'{section}.compile', options['compile'], expected)
         elif options['compile'] is not False and not _is_cadyq_model(opt):
-            problems.add(f'{section}.compile', options['compile'], f'false: only the plugin\'s models ('
-                         f'{", ".join(CADYQ_MODELS)}) compile their networks, {opt.get("model_type")} does not')
+            problems.add(f'{section}.compile', options['compile'], f'expected false (only the plugin\'s models, '
+                         f'{" and ".join(CADYQ_MODELS)}, compile their networks; {opt.get("model_type")} does not)')
 
 
 # --------------------------------------------------------------------------------------------- entry point

@@ -11,11 +11,13 @@ from torch._dynamo.utils import counters
 import cadyq_plugin  # noqa: F401  (before basicsr: import-time fixes)
 from basicsr.archs import build_network
 from cadyq_plugin.archs import EDSR_CADyQ
+from cadyq_plugin.config_check import ConfigError, check_options
 from cadyq_plugin.convert import convert_state_dict
 from cadyq_plugin.models.compiling import NetworkCompileError, NetworkCompiler, check_compile_value
 from cadyq_plugin.models.stage_loading import load_stage_weights
 from cadyq_plugin.quant import BitSelector, PAMSQuant, set_calibration
-from tiny_workspace import logged_losses, make_tiny_pairs, run_cli, tiny_stage_options
+from cadyq_plugin.options import read_yml
+from tiny_workspace import OPTIONS, logged_losses, make_tiny_pairs, run_cli, tiny_stage_options
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'reference', 'edsr_cadyq_golden.pt')
 TINY_EDSR = {'num_feat': 8, 'num_block': 1}
@@ -116,6 +118,25 @@ def test_explain_finds_no_graph_break(fresh_dynamo):
                                       ('max-autotune', True), ('fast', False), (1, False), ({'mode': 'x'}, False)])
 def test_compile_values(value, ok):
     assert (check_compile_value(value) is None) == ok
+
+
+def test_the_options_check_names_a_bad_compile_value():
+    """``train.compile`` / ``val.compile`` are known keys (``--force_yml`` accepts them), with their values
+    checked before any work, and refused for a model that would ignore them."""
+    stage3 = os.path.join(OPTIONS, 'train_edsrbaseline_cadyq.yml')
+    opt = read_yml(stage3)
+    opt['train']['compile'], opt['val']['compile'] = 'reduce-overhead', True
+    check_options(opt, stage3, 'train', check_files=False)
+    opt['train']['compile'] = 'fastest'
+    with pytest.raises(ConfigError, match=r"train.compile = 'fastest': expected true, false or a torch.compile mode"):
+        check_options(opt, stage3, 'train', check_files=False)
+    stage1 = os.path.join(OPTIONS, 'train_edsrbaseline_fp.yml')
+    opt = read_yml(stage1)
+    opt['model_type'], opt['train']['compile'] = 'SRModel', True
+    with pytest.raises(ConfigError) as refused:
+        check_options(opt, stage1, 'train', check_files=False)
+    assert refused.value.problems == ["train.compile = True: expected false (only the plugin's models, CADyQSRModel "
+                                      'and CADyQModel, compile their networks; SRModel does not)']
 
 
 def test_defaults_per_device():

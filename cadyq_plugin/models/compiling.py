@@ -36,6 +36,14 @@ def check_compile_value(value):
     return f'expected true, false or a torch.compile mode ({", ".join(COMPILE_MODES)})'
 
 
+def allow_many_compiled_networks(count=32):
+    """Raise torch.compile's recompile limit to at least ``count``: every CADyQ arch shares one ``forward`` code
+    object, whose compiled variants (per network, training or eval, with or without gradients, each validation
+    input shape) all count against one limit, 8 by default. A run compiles a handful (student while
+    calibrating and after, teacher, validation network); a process that builds many networks compiles more."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, count)
+
+
 def _compile_errors():
     from torch._dynamo.exc import TorchDynamoException
     from torch._inductor.exc import InductorError
@@ -87,6 +95,7 @@ class NetworkCompiler:
             # the CADyQ archs trace as one graph: a graph break there is a defect, so it is an error; other
             # networks (a backbone's own code) may break the graph into several compiled pieces
             hand_written = isinstance(net, CADyQNet) and not hasattr(net, 'backbone')
+            allow_many_compiled_networks()
             net.compile(mode=self.modes[phase], fullgraph=hand_written)
             self._compiled[id(net)] = (net, label)
         return net

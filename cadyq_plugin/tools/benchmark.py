@@ -17,6 +17,8 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from cadyq_plugin.models.compiling import allow_many_compiled_networks
+
 TARGETS = {'pams_train': 1.6, 'cadyq_train': 1.6, 'cadyq_train_compiled': 1.3, 'cadyq_ops': 3.0, 'cadyq_infer': 1.3}
 TARGET_TEXT = {'pams_train': 'eager PAMS step / eager FP step', 'cadyq_train': 'eager CADyQ step / eager FP step',
                'cadyq_train_compiled': 'compiled CADyQ step / eager FP step',
@@ -189,6 +191,7 @@ def cuda_training_measurements(archs=DEFAULT_BACKBONES, batch=16, patch=192, rep
     <= 1.5x); ``reduce-overhead`` adds CUDA graphs. A mode that fails is reported with its error, not raised.
     Returns ``{arch: {compile_mode: result}}`` and prints one line per result."""
     device = torch.device('cuda')
+    allow_many_compiled_networks(64)  # 6 compiled models per backbone, all in this process
     results = {}
     for arch in archs:
         network = {'type': arch}
@@ -291,6 +294,7 @@ def main(argv=None):
                                  'backend-memory'])
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    allow_many_compiled_networks(64)  # 6 compiled models per backbone, all in this process
     cuda = device.type == 'cuda'
     batch = args.batch or (16 if cuda else 4)
     patch = args.patch or (192 if cuda else 96)
