@@ -8,8 +8,8 @@ from cadyq_plugin.quant import BitRecord, BitSelector
 from cadyq_plugin.tools.benchmark import OpCounter, step_op_counts
 
 # Default depths (the count does not depend on the width); the bounds are multiples of BasicSR's own FP step
-# (SRModel, its per-parameter Adam). Before the fused quantizers: EDSR 10,661 operations (11.0x), SRResNet
-# 7,900, CARN 4,300, IDN 5,200; the target is 3x.
+# (SRModel, its per-parameter Adam). Before the fused quantizers (batch 4): EDSR 10,661 operations (11.0x),
+# CARN 6,151 (6.4x), IDN 7,342 (9.2x), SRResNet 11,138 (6.2x); the target is 3x.
 BOUNDS = {
     'EDSR_CADyQ': ({'num_feat': 8}, 4.0),
     'CARN_CADyQ': ({'num_feat': 8}, 2.4),
