@@ -48,3 +48,15 @@ def test_a_selector_costs_the_same_for_any_number_of_candidates():
     extra = selector_step_ops([2, 4, 6, 8])
     extra.subtract(selector_step_ops([4, 8]))
     assert +extra == {'aten.slice': 2, 'aten.detach': 2}
+
+
+def test_the_benchmark_prints_the_counts_and_step_times(capsys):
+    """``scripts/benchmark.py`` on tiny inputs (one repetition, eager only): the operation counts and the
+    training-step line with its ratios."""
+    from cadyq_plugin.tools.benchmark import main
+    assert main(['--archs', 'CARN_CADyQ', '--batch', '1', '--patch', '16', '--repeats', '1', '--warmup', '0',
+                 '--skip', 'compiled', 'infer', 'patchwise', 'memory', 'backends']) == 0
+    out = capsys.readouterr().out
+    assert 'operations of one eager training step: FP ' in out and '(BasicSR SRModel FP ' in out
+    assert 'training step (median; batch 1, HR patch 16, ratios to the eager FP step): eager FP ' in out
+    assert 'eager CADyQ' in out and 'compiled' not in out.split('targets:')[0]

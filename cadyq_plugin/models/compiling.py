@@ -76,7 +76,6 @@ class NetworkCompiler:
                     'cannot run a compiled network; launch with torchrun (DDP) or set '
                     f'{phase}.compile: false')
             self.modes[phase] = None if value is False else ('default' if value is True else value)
-        self.phase = None
         self._compiled = {}  # id(net) -> (net, label)
         self._timed = set()
 

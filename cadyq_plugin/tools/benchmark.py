@@ -147,8 +147,8 @@ def step_op_counts(network, batch, patch, scale, device=torch.device('cpu')):
     return counts
 
 
-def interleaved_median(functions, repeats, warmup, device):
-    """Median seconds per call of each function, running them in turn ``repeats`` times."""
+def interleaved_median(functions, repeats, warmup, device, statistic=statistics.median):
+    """Median (or ``statistic``) seconds per call of each function, running them in turn ``repeats`` times."""
     for fn in functions.values():
         for _ in range(warmup):
             fn()
@@ -160,11 +160,13 @@ def interleaved_median(functions, repeats, warmup, device):
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: statistic(values) for name, values in times.items()}
 
 
-def bench_training(network, device, batch, patch, scale, repeats, warmup, compiled=True, compile_mode=True):
-    """Median step time of FP, PAMS and CADyQ, eager and (``compiled``) compiled with ``compile_mode``, interleaved;
+def bench_training(network, device, batch, patch, scale, repeats, warmup, compiled=True, compile_mode=True,
+                   statistic=statistics.median):
+    """Median (or ``statistic``) step time of FP, PAMS and CADyQ, eager and (``compiled``) compiled with
+    ``compile_mode``, interleaved;
     returns ``({(kind, mode): seconds}, {mode: seconds of the first compiled step, compilation included})``."""
     with tempfile.TemporaryDirectory() as workdir:
         models = {('eager', mode): model for mode, model in build_training_models(network, device, workdir).items()}
@@ -180,7 +182,7 @@ def bench_training(network, device, batch, patch, scale, repeats, warmup, compil
                 first[mode] = time.perf_counter() - start
         data = training_data(batch, patch, scale)
         times = interleaved_median({key: (lambda m=model: training_step(m, data)) for key, model in models.items()},
-                                   repeats, warmup, device)
+                                   repeats, warmup, device, statistic)
     return times, first
 
 
@@ -289,6 +291,8 @@ def main(argv=None):
     parser.add_argument('--memory-image', default=None, help='LR size HxW of the large-image memory test')
     parser.add_argument('--backend-repeats', type=int, default=5, help='repetitions of the backends comparison')
     parser.add_argument('--compile-mode', default=True, help='train.compile of the compiled models (default true)')
+    parser.add_argument('--statistic', choices=['median', 'min'], default='median',
+                        help='of the training step times (min: the least disturbed repetition, on a busy machine)')
     parser.add_argument('--skip', nargs='*', default=[],
                         choices=['ops', 'train', 'compiled', 'infer', 'patchwise', 'memory', 'backends',
                                  'backend-memory'])
@@ -319,8 +323,9 @@ def main(argv=None):
                 failures.append((arch, 'cadyq_ops', ops['cadyq'] / ops['fp_basicsr']))
         if 'train' not in args.skip:
             t, first = bench_training(network, device, batch, patch, 4, args.repeats, args.warmup,
-                                      'compiled' not in args.skip, args.compile_mode)
-            print(f'training step (batch {batch}, HR patch {patch}, ratios to the eager FP step): '
+                                      'compiled' not in args.skip, args.compile_mode,
+                                      {'median': statistics.median, 'min': min}[args.statistic])
+            print(f'training step ({args.statistic}; batch {batch}, HR patch {patch}, ratios to the eager FP step): '
                   + training_table_line(t))
             if first:
                 print(f'first compiled step (compilation included): {_seconds(first)}')
