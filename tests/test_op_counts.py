@@ -11,10 +11,10 @@ from cadyq_plugin.tools.benchmark import OpCounter, step_op_counts
 # (SRModel, its per-parameter Adam). Before the fused quantizers (batch 4): EDSR 10,661 operations (11.0x),
 # CARN 6,151 (6.4x), IDN 7,342 (9.2x), SRResNet 11,138 (6.2x); the target is 3x.
 BOUNDS = {
-    'EDSR_CADyQ': ({'num_feat': 8}, 4.0),
-    'CARN_CADyQ': ({'num_feat': 8}, 2.4),
-    'IDN_CADyQ': ({'num_feat': 16, 'd': 4}, 3.3),
-    'SRResNet_CADyQ': ({'num_feat': 8}, 2.3),
+    'EDSR_CADyQ': ({'num_feat': 8}, 3.8),
+    'CARN_CADyQ': ({'num_feat': 8}, 2.25),
+    'IDN_CADyQ': ({'num_feat': 16, 'd': 4}, 3.0),
+    'SRResNet_CADyQ': ({'num_feat': 8}, 2.2),
 }
 
 
@@ -43,11 +43,10 @@ def selector_step_ops(bits):
 
 def test_a_selector_costs_the_same_for_any_number_of_candidates():
     """The K candidate quantizers run as one computation in forward and backward: going from 2 to 4 candidates
-    adds only autograd's bookkeeping of the two extra range parameters (a slice of the stacked ranges and a
-    gradient hand-over each)."""
+    adds only autograd's hand-over of the two extra range parameters' gradients."""
     extra = selector_step_ops([2, 4, 6, 8])
     extra.subtract(selector_step_ops([4, 8]))
-    assert +extra == {'aten.slice': 2, 'aten.detach': 2}
+    assert +extra == {'aten.detach': 2} and not -extra
 
 
 def test_the_benchmark_prints_the_counts_and_step_times(capsys):

@@ -75,30 +75,37 @@ class _PAMSQuantize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, alphas, qs, probs, y = ctx.saved_tensors
-        if y is None:  # K candidates: stacked along a new first dimension, [K, B, ...]
-            alpha = alphas.view((-1, ) + (1, ) * x.dim())
-            errors = quantized_value(x, alpha, qs.view(alpha.shape), ctx.clip).sub_(x)
-        else:  # one candidate, the output itself: [B, ...]
-            alpha, errors = alphas, y - x
-        per_sample = tuple(range(errors.dim() - x.dim() + 1, errors.dim()))  # the dimensions after B
-        g_errors = errors.mul_(grad_y).sum(dim=per_sample)  # G: [K, B], or [B]
-        range_terms = g_errors
-        grad_x = grad_y
-        if ctx.clip:
-            outside = x.abs() > alpha
-            range_terms = g_errors + (outside * (grad_y * x)).sum(dim=per_sample)
-            if probs is None:
-                grad_x = grad_y.masked_fill(outside, 0.0)
-            else:
-                weights = probs.t()  # [K, B]
-                inside = outside.logical_not_() * weights.reshape(weights.shape + (1, ) * (x.dim() - 1))
-                grad_x = inside.sum(dim=0).mul_(grad_y)
-                range_terms = range_terms.mul_(weights)
-        elif probs is not None:
-            range_terms = range_terms * probs.t()
-        grad_alphas = range_terms.sum(dim=-1) / alphas if ctx.needs_input_grad[1] else None
-        grad_probs = g_errors.t() if probs is not None and ctx.needs_input_grad[4] else None
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_alphas, None, None, grad_probs, None
+        grad_x, grad_alphas, grad_probs = mixture_gradients(grad_y, x, alphas, qs, probs, y, ctx.clip)
+        return grad_x, grad_alphas, None, None, grad_probs, None
+
+
+def mixture_gradients(grad_y, x, alphas, qs, probs, y, clip_range):
+    """The gradient of the PAMS mixture (see :class:`_PAMSQuantize`), the one implementation of the PAMS range
+    gradient: ``(dL/dx, dL/dalphas [K], dL/dprobs [B, K] up to a per-sample constant, or None without probs)``.
+    ``y`` is the output when there is one candidate (then ``Q_0``), else None (the K candidates are recomputed)."""
+    if y is None:  # K candidates: stacked along a new first dimension, [K, B, ...]
+        alpha = alphas.view((-1, ) + (1, ) * x.dim())
+        errors = quantized_value(x, alpha, qs.view(alpha.shape), clip_range).sub_(x)
+    else:  # one candidate, the output itself: [B, ...]
+        alpha, errors = alphas, y - x
+    per_sample = tuple(range(errors.dim() - x.dim() + 1, errors.dim()))  # the dimensions after B
+    g_errors = errors.mul_(grad_y).sum(dim=per_sample)  # G: [K, B], or [B]
+    range_terms = g_errors
+    grad_x = grad_y
+    if clip_range:
+        outside = x.abs() > alpha
+        range_terms = g_errors + (outside * (grad_y * x)).sum(dim=per_sample)
+        if probs is None:
+            grad_x = grad_y.masked_fill(outside, 0.0)
+        else:
+            weights = probs.t()  # [K, B]
+            inside = outside.logical_not_() * weights.reshape(weights.shape + (1, ) * (x.dim() - 1))
+            grad_x = inside.sum(dim=0).mul_(grad_y)
+            range_terms = range_terms.mul_(weights)
+    elif probs is not None:
+        range_terms = range_terms * probs.t()
+    grad_alphas = range_terms.sum(dim=-1) / alphas
+    return grad_x, grad_alphas, (g_errors.t() if probs is not None else None)
 
 
 def pams_quantize(x, alphas, qs, clip_range=True, choice=None, probs=None):

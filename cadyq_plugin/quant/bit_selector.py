@@ -3,8 +3,9 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from cadyq_plugin.quant.act_quant import PAMSQuant, calibrate, levels, pams_quantize
+from cadyq_plugin.quant.act_quant import PAMSQuant, calibrate, chosen_value, levels, mixture_gradients
 
 
 def check_candidate_bits(bits):
@@ -41,6 +42,45 @@ def _sqrt_count(n, dtype):
     return math.sqrt(n)
 
 
+def select(x, feature, weight, bias):
+    """The selector's choice: ``(inputs, probs, choice)`` for the linear layer's ``inputs = [feature, std(x)]``."""
+    inputs = torch.cat([feature, layer_std(x)], dim=1)
+    logits = F.linear(inputs, weight, bias)
+    return inputs, torch.softmax(logits, dim=1), logits.argmax(dim=1)
+
+
+class _SelectAndQuantize(torch.autograd.Function):
+    """A whole bit selector as one autograd node: layer statistic, linear layer, softmax and argmax, and each
+    sample quantized by its chosen candidate; the backward is the PAMS mixture's (:func:`mixture_gradients`, all K
+    candidates in one reduction) followed by the softmax's and the linear layer's. One node instead of a dozen
+    keeps the selector at a few dozen operations per step, forward and backward, whatever K.
+
+    Outputs ``(y, probs, choice)``; ``probs`` also receives the gradient of the bits computed from it."""
+
+    @staticmethod
+    def forward(ctx, x, feature, weight, bias, qs, clip_range, *alphas):
+        inputs, probs, choice = select(x, feature, weight, bias)
+        alphas = torch.cat(alphas)
+        y = chosen_value(x, alphas, qs, choice, clip_range)
+        ctx.save_for_backward(x, inputs, alphas, qs, probs)
+        ctx.clip = clip_range
+        ctx.mark_non_differentiable(choice)
+        ctx.set_materialize_grads(False)  # no zero tensors for outputs without gradient (choice, unused bits)
+        return y, probs, choice
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_probs, grad_choice):
+        x, inputs, alphas, qs, probs = ctx.saved_tensors
+        if grad_y is None:
+            grad_y = torch.zeros_like(x)
+        grad_x, grad_alphas, grad_mixture = mixture_gradients(grad_y, x, alphas, qs, probs, None, ctx.clip)
+        if grad_probs is not None:
+            grad_mixture = grad_mixture + grad_probs
+        grad_logits = torch.ops.aten._softmax_backward_data(grad_mixture, probs, 1, probs.dtype)
+        return (grad_x, None, grad_logits.t().mm(inputs), grad_logits.sum(dim=0), None, None,
+                *grad_alphas.split(1))
+
+
 class BitSelector(nn.Module):
     """Dynamic activation quantizer: one PAMS quantizer per candidate bit-width and a linear selector.
 
@@ -65,19 +105,22 @@ class BitSelector(nn.Module):
         self.int8_codes = None
 
     def forward(self, x, record):
-        sigma = layer_std(x)
-        logits = self.fc(torch.cat([record.image_feature, sigma], dim=1))
-        choice = logits.argmax(dim=1)
-        probs = torch.softmax(logits, dim=1)
         calibrating = self.training and self.calibrating
         if calibrating:
             calibrate(self.quantizers, x)
-        alphas = torch.cat([quantizer.alpha for quantizer in self.quantizers])
-        if self.int8_codes is not None and not self.training:
-            shape = (-1,) + (1,) * (x.dim() - 1)
-            y = self.int8_codes(x, alphas[choice].view(shape), self.levels[choice].view(shape))
+        int8 = self.int8_codes is not None and not self.training
+        if torch.is_grad_enabled() and not int8:
+            y, probs, choice = _SelectAndQuantize.apply(x, record.image_feature, self.fc.weight, self.fc.bias,
+                                                        self.levels, not calibrating,
+                                                        *(quantizer.alpha for quantizer in self.quantizers))
         else:
-            y = pams_quantize(x, alphas, self.levels, not calibrating, choice, probs)
+            _, probs, choice = select(x, record.image_feature, self.fc.weight, self.fc.bias)
+            alphas = torch.cat([quantizer.alpha for quantizer in self.quantizers])
+            if int8:
+                shape = (-1, ) + (1, ) * (x.dim() - 1)
+                y = self.int8_codes(x, alphas[choice].view(shape), self.levels[choice].view(shape))
+            else:
+                y = chosen_value(x, alphas, self.levels, choice, not calibrating)
         record.add(self.index, choice, probs, self.bit_values)
         return y
 
