@@ -282,3 +282,36 @@ def test_basicsr_train_compiles_and_resumes_exactly(workspace, tmp_path):
     weights = [torch.load(os.path.join(e, 'models', 'net_g_latest.pth'), weights_only=True)['params']
                for e in experiments]
     assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_compiled_wrapper_keeps_parity_with_the_hand_written_edsr(fresh_dynamo):
+    """The wrapper/EDSR_CADyQ training parity (``test_wrapper_arch``) with both networks compiled (inductor,
+    float64, a calibrating step and one after it): the same bits, body and block features, outputs to 1e-12 and
+    every gradient to 1e-6 relative, as in eager mode."""
+    small = {'num_feat': 8, 'num_block': 2}
+    mean = (0.5, 0.5, 0.5)
+    torch.manual_seed(0)
+    reference = randomise(EDSR_CADyQ(quant_mode='cadyq', rgb_mean=mean, **small)).double().train()
+    net = build_network({'type': 'CADyQWrapper', 'quant_mode': 'cadyq', 'backbone': dict(
+        SMALL['wrapped EDSR']['backbone'], rgb_mean=mean, **small)}).double().train()
+    net.load_state_dict(reference.state_dict(), strict=True)
+    reference.compile(fullgraph=True)
+    net.compile()
+    x = torch.randint(0, 257, (3, 3, 12, 10), generator=torch.Generator().manual_seed(1)).double() / 256
+    for calibrating in (True, False):
+        outputs = []
+        for model in (net, reference):
+            set_calibration(model, calibrating)
+            model.zero_grad()
+            sr, aux = model(x, return_aux=True)
+            (sr.square().mean() + aux['weighted_bits'].sum() + aux['body'].mean()).backward()
+            outputs.append((sr, aux))
+        (sr, aux), (sr_ref, aux_ref) = outputs
+        assert torch.equal(aux['bits'], aux_ref['bits']) and torch.equal(aux['body'], aux_ref['body'])
+        assert all(torch.equal(f, f_ref) for f, f_ref in zip(aux['feats'], aux_ref['feats']))
+        assert torch.allclose(sr, sr_ref, rtol=0, atol=1e-12)
+        grads = dict(reference.named_parameters())
+        for name, param in net.named_parameters():
+            expected = grads[name].grad
+            assert torch.allclose(param.grad, expected, rtol=1e-6, atol=1e-9 * float(expected.abs().max())), name
+    assert aux['bits'].unique().numel() > 1, 'the test needs bits that vary'
