@@ -57,5 +57,5 @@ def test_the_benchmark_prints_the_counts_and_step_times(capsys):
                  '--skip', 'compiled', 'infer', 'patchwise', 'memory', 'backends']) == 0
     out = capsys.readouterr().out
     assert 'operations of one eager training step: FP ' in out and '(BasicSR SRModel FP ' in out
-    assert 'training step (median; batch 1, HR patch 16, ratios to the eager FP step): eager FP ' in out
+    assert 'training step (median wall time; batch 1, HR patch 16, ratios to the eager FP step): eager FP ' in out
     assert 'eager CADyQ' in out and 'compiled' not in out.split('targets:')[0]

@@ -147,8 +147,10 @@ def step_op_counts(network, batch, patch, scale, device=torch.device('cpu')):
     return counts
 
 
-def interleaved_median(functions, repeats, warmup, device, statistic=statistics.median):
-    """Median (or ``statistic``) seconds per call of each function, running them in turn ``repeats`` times."""
+def interleaved_median(functions, repeats, warmup, device, statistic=statistics.median, clock=time.perf_counter):
+    """Median (or ``statistic``) seconds per call of each function, running them in turn ``repeats`` times;
+    ``clock`` is wall time, or ``time.process_time`` (this process's CPU time, which other jobs on a busy machine
+    do not inflate; with one thread it is the wall time of a quiet machine)."""
     for fn in functions.values():
         for _ in range(warmup):
             fn()
@@ -156,15 +158,15 @@ def interleaved_median(functions, repeats, warmup, device, statistic=statistics.
     for _ in range(repeats):
         for name, fn in functions.items():
             _sync(device)
-            start = time.perf_counter()
+            start = clock()
             fn()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistic(values) for name, values in times.items()}
 
 
 def bench_training(network, device, batch, patch, scale, repeats, warmup, compiled=True, compile_mode=True,
-                   statistic=statistics.median):
+                   statistic=statistics.median, clock=time.perf_counter):
     """Median (or ``statistic``) step time of FP, PAMS and CADyQ, eager and (``compiled``) compiled with
     ``compile_mode``, interleaved;
     returns ``({(kind, mode): seconds}, {mode: seconds of the first compiled step, compilation included})``."""
@@ -182,7 +184,7 @@ def bench_training(network, device, batch, patch, scale, repeats, warmup, compil
                 first[mode] = time.perf_counter() - start
         data = training_data(batch, patch, scale)
         times = interleaved_median({key: (lambda m=model: training_step(m, data)) for key, model in models.items()},
-                                   repeats, warmup, device, statistic)
+                                   repeats, warmup, device, statistic, clock)
     return times, first
 
 
@@ -293,6 +295,9 @@ def main(argv=None):
     parser.add_argument('--compile-mode', default=True, help='train.compile of the compiled models (default true)')
     parser.add_argument('--statistic', choices=['median', 'min'], default='median',
                         help='of the training step times (min: the least disturbed repetition, on a busy machine)')
+    parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
+                        help="training step times: wall time, or this process's CPU time (CPU only; with "
+                             'OMP_NUM_THREADS=1 a busy machine measures what a quiet one would)')
     parser.add_argument('--skip', nargs='*', default=[],
                         choices=['ops', 'train', 'compiled', 'infer', 'patchwise', 'memory', 'backends',
                                  'backend-memory'])
@@ -324,9 +329,10 @@ def main(argv=None):
         if 'train' not in args.skip:
             t, first = bench_training(network, device, batch, patch, 4, args.repeats, args.warmup,
                                       'compiled' not in args.skip, args.compile_mode,
-                                      {'median': statistics.median, 'min': min}[args.statistic])
-            print(f'training step ({args.statistic}; batch {batch}, HR patch {patch}, ratios to the eager FP step): '
-                  + training_table_line(t))
+                                      {'median': statistics.median, 'min': min}[args.statistic],
+                                      time.process_time if args.clock == 'cpu' and not cuda else time.perf_counter)
+            print(f'training step ({args.statistic} {args.clock} time; batch {batch}, HR patch {patch}, ratios to the '
+                  f'eager FP step): {training_table_line(t)}')
             if first:
                 print(f'first compiled step (compilation included): {_seconds(first)}')
             ratios = {'pams_train': t[('eager', 'pams')] / t[('eager', 'fp')],
