@@ -130,12 +130,15 @@ def batch_max_abs(x):
 
 def calibrate(quantizers, x):
     """PAMS calibration of ``quantizers`` (every candidate of a selector, or one fixed quantizer) on ``x``:
-    ``alpha`` and ``max_val`` become the batch mean of the per-sample maximum of ``|x|``."""
+    ``alpha`` and ``max_val`` become the batch mean of the per-sample maximum of ``|x|``. In eager mode the range
+    is written through ``.data``, unseen by autograd: in a DataParallel replica ``alpha`` is one of several views
+    its broadcast returns, which autograd forbids writing in place (a compiled network never runs in one)."""
     max_val = batch_max_abs(x)
     with torch.no_grad():
         for quantizer in quantizers:
             quantizer.max_val.copy_(max_val)
-            quantizer.alpha.copy_(max_val.reshape(1))
+            alpha = quantizer.alpha if torch.compiler.is_compiling() else quantizer.alpha.data
+            alpha.copy_(max_val.reshape(1))
 
 
 class PAMSQuant(nn.Module):
