@@ -46,12 +46,12 @@ TOP_LEVEL_KEYS = {
     'poisson_scale_range2', 'gray_noise_prob2', 'jpeg_range2'}
 TRAIN_KEYS = {
     'optim_g', 'optim_alpha', 'optim_selector', 'scheduler', 'total_iter', 'warmup_iter', 'pixel_opt',
-    'perceptual_opt', 'kd_opt', 'bit_opt', 'max_bad_steps', 'ema_decay',
+    'perceptual_opt', 'kd_opt', 'bit_opt', 'max_bad_steps', 'ema_decay', 'compile',
     'optim_d', 'gan_opt', 'ldl_opt', 'feature_matching_opt', 'net_d_iters', 'net_d_init_iters', 'r1_reg_weight',
     'path_reg_weight', 'net_g_reg_every', 'net_d_reg_every', 'mixing_prob', 'lr_flow', 'fix_flow', 'flow_lr_mul',
     'dcn_lr_mul', 'tsa_iter'}
-VAL_KEYS = {'val_freq', 'save_img', 'suffix', 'metrics', 'pbar', 'patchwise', 'tb_bit_maps', 'grids', 'crop_size',
-            'flip_seq', 'center_frame_only', 'num_val_samples', 'target_fab', 'target_bitops'}
+VAL_KEYS = {'val_freq', 'save_img', 'suffix', 'metrics', 'pbar', 'patchwise', 'tb_bit_maps', 'compile', 'grids',
+            'crop_size', 'flip_seq', 'center_frame_only', 'num_val_samples', 'target_fab', 'target_bitops'}
 LOGGER_KEYS = {'print_freq', 'save_checkpoint_freq', 'use_tb_logger', 'wandb'}
 PATH_PREFIXES = ('pretrain_network_', 'strict_load_', 'param_key_')
 PATH_KEYS = {'resume_state', 'ignore_resume_networks', 'experiments_root', 'models', 'training_states', 'log',
@@ -759,6 +759,21 @@ def _shapes_only(network):
         return arch(**kwargs).to('meta')
 
 
+def _check_compile(opt, problems):
+    """``train.compile`` / ``val.compile``: a valid value, and a model that reads it (the plugin's)."""
+    from cadyq_plugin.models.compiling import check_compile_value
+    for section in ('train', 'val'):
+        options = opt.get(section)
+        if not isinstance(options, dict) or options.get('compile') is None:
+            continue
+        expected = check_compile_value(options['compile'])
+        if expected:
+            problems.add(f'{section}.compile', options['compile'], expected)
+        elif options['compile'] is not False and not _is_cadyq_model(opt):
+            problems.add(f'{section}.compile', options['compile'], f'expected false (only the plugin\'s models, '
+                         f'{" and ".join(CADYQ_MODELS)}, compile their networks; {opt.get("model_type")} does not)')
+
+
 # --------------------------------------------------------------------------------------------- entry point
 def check_options(opt, yml_path, phase='train', resuming=False, check_files=True):
     """Raise :class:`ConfigError` listing every problem of ``opt`` (parsed from ``yml_path``); return None.
@@ -788,5 +803,6 @@ def check_options(opt, yml_path, phase='train', resuming=False, check_files=True
         _check_train(opt, problems)
     _check_val(opt, phase, student, problems)
     _check_bit_budget(opt, phase, student, problems)
+    _check_compile(opt, problems)
     if problems:
         raise ConfigError(yml_path, problems)
