@@ -24,6 +24,8 @@ import numbers
 import os
 from collections import OrderedDict
 
+from cadyq_plugin.errors import UserError
+
 CADYQ_MODELS = ('CADyQSRModel', 'CADyQModel')
 QUANT_KEYS = ('quant_mode', 'w_bits', 'a_bits', 'bits', 'calib_iters', 'grad_scale')
 QUANT_METRICS = ('calculate_avg_bit', 'calculate_bitops')
@@ -67,7 +69,7 @@ DATASET_KEYS = {'CADyQPairedImageDataset': PAIRED_DATASET_KEYS | {'on_bad_sample
 PAIRED_TRAIN_REQUIRED = ('gt_size', 'use_hflip', 'use_rot', 'batch_size_per_gpu', 'num_worker_per_gpu')
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An options file that cannot run; ``problems`` lists one line per problem (``key = value: expected``)."""
 
     def __init__(self, yml_path, problems):

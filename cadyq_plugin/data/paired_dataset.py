@@ -26,12 +26,14 @@ from basicsr.utils import FileClient, bgr2ycbcr, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torchvision.transforms.functional import normalize
 
+from cadyq_plugin.errors import UserError
+
 logger = logging.getLogger('basicsr')
 
 MAX_SKIPS = 50  # consecutive bad samples tried before a 'skip' dataset gives up
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A sample (or a whole dataset) that cannot be read; the message names the dataset and the key."""
 
 

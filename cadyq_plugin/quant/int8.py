@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_map
 
+from cadyq_plugin.errors import UserError
 from cadyq_plugin.quant.act_quant import rounded_level
 from cadyq_plugin.quant.weight_quant import weight_levels
 
@@ -28,7 +29,7 @@ ZERO_POINT = 128
 _X86 = ('x86_64', 'amd64', 'i386', 'i686', 'x86')
 
 
-class Int8BackendError(RuntimeError):
+class Int8BackendError(UserError, RuntimeError):
     """The int8 backend cannot run here (no x86 oneDNN int8 convolution, or a CUDA tensor)."""
 
 

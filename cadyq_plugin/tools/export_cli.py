@@ -8,7 +8,8 @@ import argparse
 import os
 import sys
 
-from cadyq_plugin.tools.network_args import USER_ERRORS, add_network_args, build_loaded_network, network_options
+from cadyq_plugin.errors import InputError, OutputExistsError, UserError
+from cadyq_plugin.tools.network_args import add_network_args, build_loaded_network, network_options
 
 
 def build_parser():
@@ -32,11 +33,11 @@ def conv_sizes(net):
 def run(args):
     targets = [path for path in (args.out, args.onnx) if path]
     if not targets:
-        raise ValueError('nothing to write: give OUT.pth and/or --onnx OUT.onnx')
+        raise InputError('nothing to write: give OUT.pth and/or --onnx OUT.onnx')
     if not args.overwrite:
         for path in targets:
             if os.path.exists(path):
-                raise FileExistsError(f'{path} exists; pass --overwrite to replace it')
+                raise OutputExistsError(f'{path} exists; pass --overwrite to replace it')
     net = build_loaded_network(network_options(args, 'int8'), args.model)
     if args.out:
         from cadyq_plugin.deploy import save_int8_checkpoint
@@ -49,18 +50,17 @@ def run(args):
             import onnxruntime  # noqa: F401  (the graph is for it; fail before the export if it is missing)
             import onnxscript  # noqa: F401
         except ImportError as err:
-            raise ValueError(f'--onnx needs the onnx extra ({err.name} is missing): pip install -e .[onnx]') from err
+            raise InputError(f'--onnx needs the onnx extra ({err.name} is missing): pip install -e .[onnx]') from err
         from cadyq_plugin.deploy import export_onnx
         export_onnx(net, args.onnx)
         print(f'ONNX graph {args.onnx}: {os.path.getsize(args.onnx) / 2**20:.2f} MiB')
 
 
 def main(argv):
-    from cadyq_plugin.quant.int8 import Int8BackendError
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except USER_ERRORS + (Int8BackendError, FileExistsError, ValueError) as err:
+    except UserError as err:
         print(f'basicsr export: {err}', file=sys.stderr)
         return 1
     return 0
