@@ -43,6 +43,8 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 from cadyq_plugin.errors import UserError
 
 DIST_PARAM_KEYS = ('backend', 'port', 'timeout')
+DIST_BACKENDS = ('gloo', 'nccl', 'mpi')  # what dist_params.backend may name (torch.distributed's backends)
+OPTION_KEYS = {'': ('dist_params', 'find_unused_parameters'), 'dist_params': DIST_PARAM_KEYS}  # '': the top level
 
 __all__ = ['DIST_PARAM_KEYS', 'LaunchError', 'barrier', 'choose_backend', 'choose_gpu', 'get_dist_info', 'init_dist',
            'is_distributed', 'uses_cuda', 'wrap_model']

@@ -22,3 +22,4 @@ class InputNotFoundError(UserError, FileNotFoundError):
 
 class OutputExistsError(UserError, FileExistsError):
     """An output that exists already and is left untouched (``--overwrite`` replaces it)."""
+

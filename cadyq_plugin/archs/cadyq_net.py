@@ -6,6 +6,9 @@ import torch.nn as nn
 from cadyq_plugin.quant import ActQuantFactory, BitRecord, assign_selector_indices, image_gradient_feature, set_backend
 from cadyq_plugin.quant.int8 import check_backend
 
+# The arguments that set how a network is quantized, not its backbone: a teacher may differ from its student in them
+QUANT_ARGS = ('quant_mode', 'w_bits', 'a_bits', 'bits', 'calib_iters', 'grad_scale', 'backend')
+
 
 class CADyQNet(nn.Module):
     """Base class of the ``<Backbone>_CADyQ`` archs.
