@@ -1,7 +1,7 @@
 """Deployment artefacts of a trained network: the int8 checkpoint and the ONNX graph with the bit selection inside.
 
 The int8 checkpoint stores each quantized conv's weight as its int8 levels (``<conv>.weight_levels``) and range
-(``<conv>.weight_max``, the ``m`` of SPEC §1) instead of the float weight, under ``params_int8``; every other
+(``<conv>.weight_max``, the ``m`` of docs/method.md#quantizers) instead of the float weight, under ``params_int8``; every other
 tensor is stored as in the training checkpoint. Only the int8 backend loads it: the levels are used as they
 are, so the network computes exactly what the int8 backend computed from the original float weights.
 """

@@ -24,7 +24,7 @@ def photo_pair(name, size=128, scale=4):
 
 def network_pair(arch, mode, calibration_input, seed=0, **options):
     """The fake and the int8 network with the same weights, both in eval mode: default init, PAMS ranges
-    calibrated on ``calibration_input`` (SPEC §1), selector weights randomised so that inputs choose different
+    calibrated on ``calibration_input`` (docs/method.md#quantizers), selector weights randomised so that inputs choose different
     bits."""
     torch.manual_seed(seed)
     fake = build_network({'type': arch, 'quant_mode': mode, **options})

@@ -1,4 +1,4 @@
-"""CARN, IDN and SRResNet (SPEC §3, §5): selector counts and init, names shared across modes, per-sample
+"""CARN, IDN and SRResNet (docs/method.md#backbones, docs/method.md#fab-and-bitops): selector counts and init, names shared across modes, per-sample
 independence, shapes and BitOPs at the paper's 1280x720 output."""
 import pytest
 import torch
@@ -9,7 +9,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from cadyq_plugin.metrics import count_layer_macs, forward_bitops
 from cadyq_plugin.quant import BitRecord, BitSelector, PAMSQuant, image_gradient_feature
 
-# arch -> (selectors, feats, quantized MACs G, fixed-8-bit MACs G, other MACs G) at LR 320x180, x4 (SPEC §5)
+# arch -> (selectors, feats, quantized MACs G, fixed-8-bit MACs G, other MACs G) at LR 320x180, x4 (docs/method.md#fab-and-bitops)
 REFERENCE = {
     'CARN_CADyQ': (18, 9, 38.22, 0.0, 52.65),
     'IDN_CADyQ': (24, 4, 27.34, 2.22, 4.38),

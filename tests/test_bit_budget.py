@@ -131,7 +131,7 @@ def test_a_bitops_target_is_a_target_on_the_bitops_weighted_mean_bit():
 
 
 def test_edsr_bitops_budget_matches_the_reference_numbers():
-    """SPEC §5: EDSR-baseline at FAB 6.0 is 49.47 G; all selectors weigh the same, so FAB and BitOPs agree."""
+    """docs/method.md#fab-and-bitops: EDSR-baseline at FAB 6.0 is 49.47 G; all selectors weigh the same, so FAB and BitOPs agree."""
     with torch.device('meta'):
         budget = BitBudget.of_network('bitops', 49.47, EDSR_CADyQ())
     assert budget.target_bit == pytest.approx(6.0, abs=0.01)
@@ -309,7 +309,7 @@ def test_the_fab_range_follows_the_candidate_list():
 
 @pytest.mark.parametrize('target, ok', [(48.40, False), (48.42, True), (50.52, True), (50.54, False), (100, False)])
 def test_a_bitops_target_must_lie_between_all_lowest_and_all_highest_bits(target, ok):
-    """EDSR-baseline at 1280x720: 48.41 G with every selector at 4 bits, 50.53 G at 8 (SPEC §5)."""
+    """EDSR-baseline at 1280x720: 48.41 G with every selector at 4 bits, 50.53 G at 8 (docs/method.md#fab-and-bitops)."""
     opt = with_target(target_bitops=target)
     if ok:
         check_options(opt, STAGE3, check_files=False)

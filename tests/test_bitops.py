@@ -1,4 +1,4 @@
-"""MAC counting, BitOPs and FAB against SPEC §5's reference numbers and an independent counter."""
+"""MAC counting, BitOPs and FAB against docs/method.md#fab-and-bitops's reference numbers and an independent counter."""
 import os
 
 import pytest

@@ -76,6 +76,6 @@ def test_bad_options_file_and_size_end_in_one_line(tmp_path, capsys):
 def test_boundaries_are_accepted(capsys):
     status, out, _ = _bitops(capsys, '-opt', REFERENCE, '--fab', '4', '--fab', '8')
     assert status == 0
-    for fab in (4, 8):  # SPEC §5: 46.28 G of FP convs + 67.95 G quantized at W8 and A<fab>
+    for fab in (4, 8):  # docs/method.md#fab-and-bitops: 46.28 G of FP convs + 67.95 G quantized at W8 and A<fab>
         reported = float(re.search(rf'BitOPs CADyQ FAB {fab}\s*:\s*([\d.]+) G', out).group(1))
         assert reported == pytest.approx(46.28 + 67.95 * (8 / 32) * (fab / 32), abs=0.01)

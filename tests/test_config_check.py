@@ -153,7 +153,7 @@ def test_patchwise_tiling_must_be_consistent(patchwise, fragment):
 
 
 def test_patchwise_margins_must_be_whole_hr_pixels():
-    """SPEC §6: each patch drops ``s = (P - S) / 2 * scale`` HR pixels per side. At x4 an odd ``P - S`` still
+    """docs/method.md#patch-wise-inference: each patch drops ``s = (P - S) / 2 * scale`` HR pixels per side. At x4 an odd ``P - S`` still
     gives whole pixels (the reference's int() is exact); at x3 it does not, and the crops would not be centred."""
     opt = opt_of(STAGE3)
     opt['val']['patchwise'] = {'patch': 96, 'step': 91, 'batch': 2}
@@ -184,7 +184,7 @@ def test_metrics_the_model_or_mode_cannot_produce():
 
 
 def test_bitops_of_a_full_precision_network_is_allowed():
-    """BitOPs of an fp network is its MAC count (SPEC §5 'total FP' column): a meaningful number."""
+    """BitOPs of an fp network is its MAC count (docs/method.md#fab-and-bitops 'total FP' column): a meaningful number."""
     opt = opt_of(STAGE3)
     for key in ('network_g', 'network_t'):
         opt[key]['quant_mode'] = 'fp'

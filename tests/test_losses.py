@@ -1,4 +1,4 @@
-"""Loss terms against independent computations (SPEC §4)."""
+"""Loss terms against independent computations (docs/method.md#training)."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Patch tiling and stitching (SPEC §6) checked against hand-worked examples and independent models."""
+"""Patch tiling and stitching (docs/method.md#patch-wise-inference) checked against hand-worked examples and independent models."""
 import itertools
 
 import pytest
@@ -105,7 +105,7 @@ def test_every_hr_pixel_written_exactly_once(h, w, patch, step, scale):
 
 @pytest.mark.parametrize('h, w, patch, step, scale', CASES)
 def test_each_hr_pixel_comes_from_the_patch_owning_it(h, w, patch, step, scale):
-    """Owner along an axis, from the SPEC rule: clamp(floor((y - s) / (S*scale)), 0, n - 1)."""
+    """Owner along an axis, from the rule of docs/method.md#patch-wise-inference: clamp(floor((y - s) / (S*scale)), 0, n - 1)."""
     rows, cols = len(patch_starts(h, patch, step)), len(patch_starts(w, patch, step))
     stitcher = PatchStitcher(h, w, patch, step, scale, channels=1, round_to_uint8=False)
     for index, (y0, y1, x0, x1) in enumerate(stitcher.boxes):

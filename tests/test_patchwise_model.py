@@ -1,4 +1,4 @@
-"""Patch-wise inference in CADyQModel (SPEC §6): stitching, per-patch bits, batch invariance."""
+"""Patch-wise inference in CADyQModel (docs/method.md#patch-wise-inference): stitching, per-patch bits, batch invariance."""
 import pytest
 import torch
 
@@ -54,7 +54,7 @@ def test_patchwise_equals_a_manual_reference(setup):
     out, forwards, regions = run(make_model(tmp, ckpt, {'patch': patch, 'step': step, 'batch': 1}), lq)
     boxes = patch_boxes(lq.shape[2], lq.shape[3], patch, step)
     assert len(forwards) == len(boxes) == len(regions)
-    # reference: run every patch alone, centre-crop by SPEC §6 written out here, compare
+    # reference: run every patch alone, centre-crop by docs/method.md#patch-wise-inference written out here, compare
     s = (patch - step) // 2 * scale
     expected = torch.zeros_like(out)
     with torch.no_grad():

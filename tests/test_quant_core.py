@@ -1,4 +1,4 @@
-"""The quantization core against SPEC §1-2: worked numbers, autograd of the explicit formulas, selection."""
+"""The quantization core against docs/method.md#quantizers, docs/method.md#bit-selector: worked numbers, autograd of the explicit formulas, selection."""
 import pytest
 import torch
 
@@ -7,7 +7,7 @@ from cadyq_plugin.quant import (BitRecord, BitSelector, PAMSQuant, QConv2d, chec
 
 
 def explicit_pams(x, alpha, q, clip=True):
-    """SPEC §1 written with plain autograd ops and a straight-through round (the second code path)."""
+    """docs/method.md#quantizers written with plain autograd ops and a straight-through round (the second code path)."""
     c = torch.clamp(x, -alpha, alpha) if clip else x
     u = c / alpha * q
     return (u + (torch.round(u) - u).detach()) / q * alpha
@@ -147,7 +147,7 @@ def _random_selector(channels, bits, seed):
 
 @pytest.mark.parametrize('bits', [[4, 8], [4, 6, 8], [2, 4, 6, 8]])
 def test_selector_forward_hard_and_gradient_soft(bits):
-    """Forward = the chosen candidate per sample; gradient = that of sum_k p_k Q_k(x) (SPEC §2)."""
+    """Forward = the chosen candidate per sample; gradient = that of sum_k p_k Q_k(x) (docs/method.md#bit-selector)."""
     selector = _random_selector(6, bits, seed=len(bits)).train()
     x = (torch.randn(4, 6, 5, 5) * 2).requires_grad_()
     feature = torch.rand(4, 2)

@@ -1,5 +1,5 @@
 """What every CADyQ architecture shares: the quantization mode, the bit record of a forward pass and the
-``forward(x, return_aux)`` contract of DESIGN.md."""
+``forward(x, return_aux)`` contract (docs/workflow.md#architectures)."""
 import torch
 import torch.nn as nn
 

@@ -1,4 +1,4 @@
-"""CARN with CADyQ (SPEC §3): 3 cascading blocks of 3 residual blocks, two bit selectors per residual block."""
+"""CARN with CADyQ (docs/method.md#backbones): 3 cascading blocks of 3 residual blocks, two bit selectors per residual block."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

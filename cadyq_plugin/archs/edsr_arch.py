@@ -1,4 +1,4 @@
-"""EDSR-baseline with CADyQ (SPEC §3): 16 residual blocks, two bit selectors per block."""
+"""EDSR-baseline with CADyQ (docs/method.md#backbones): 16 residual blocks, two bit selectors per block."""
 import torch.nn as nn
 from basicsr.archs.arch_util import Upsample
 from basicsr.utils.registry import ARCH_REGISTRY

@@ -1,4 +1,4 @@
-"""IDN with CADyQ (SPEC §3): a fixed 8-bit feature block, 4 distillation blocks with 6 bit selectors each."""
+"""IDN with CADyQ (docs/method.md#backbones): a fixed 8-bit feature block, 4 distillation blocks with 6 bit selectors each."""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

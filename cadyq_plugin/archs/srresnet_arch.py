@@ -1,4 +1,4 @@
-"""SRResNet with CADyQ (SPEC §3): 16 residual blocks with BatchNorm, two bit selectors per block."""
+"""SRResNet with CADyQ (docs/method.md#backbones): 16 residual blocks with BatchNorm, two bit selectors per block."""
 import torch.nn as nn
 from basicsr.utils.registry import ARCH_REGISTRY
 

@@ -3,7 +3,7 @@
 A rule is ``(regex, target)``: the regex matches a whole key, ``target`` is a ``match.expand`` template,
 :data:`DROP` (an entry the plugin does not need, dropped silently), or :data:`MEAN_SHIFT` (a frozen mean-shift
 conv, checked against the arch's mean and dropped). The first matching rule wins; a key no rule matches makes
-the conversion fail. Layouts are listed in ``shared/reference/state_dict_keys``.
+the conversion fail. The original layouts are kept as test data in ``tests/data/reference/state_dict_keys``.
 """
 import re
 

@@ -1,4 +1,4 @@
-"""Test2K, Test4K and Test8K from DIV8K (SPEC §8), the large-image test sets of CADyQ and ClassSR.
+"""Test2K, Test4K and Test8K from DIV8K (docs/method.md#data-sets), the large-image test sets of CADyQ and ClassSR.
 
 =======  ==============  ====================================================
 set      DIV8K images    HR

@@ -1,4 +1,4 @@
-"""Patch-wise inference: tile an LR image into overlapping patches and stitch the SR patches back (SPEC §6).
+"""Patch-wise inference: tile an LR image into overlapping patches and stitch the SR patches back (docs/method.md#patch-wise-inference).
 
 CADyQ picks a bit-width per patch, so its patch-wise results depend on exactly how the image is tiled. This
 module is the single definition of that tiling, used by validation, testing and the benchmark scripts:
@@ -124,8 +124,8 @@ class PatchStitcher:
         patch, step: The tiling (LR pixels).
         scale: Upscaling factor of the network.
         channels: Channels of the SR image.
-        round_to_uint8: Round every SR patch to the 0..255 grid (on a [0, 1] scale) before stitching, as SPEC
-            §6 and the reference do. Disable it to stitch raw network outputs.
+        round_to_uint8: Round every SR patch to the 0..255 grid (on a [0, 1] scale) before stitching, as the reference
+            does (docs/method.md#patch-wise-inference). Disable it to stitch raw network outputs.
         device, dtype: Of the preallocated output.
     """
 

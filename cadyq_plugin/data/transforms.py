@@ -1,4 +1,4 @@
-"""The two image operations that define SR pairs (SPEC §8): mod-crop and MATLAB-style bicubic downsampling."""
+"""The two image operations that define SR pairs (docs/method.md#data-sets): mod-crop and MATLAB-style bicubic downsampling."""
 import numpy as np
 
 import cadyq_plugin  # noqa: F401  (compat shim before basicsr)

@@ -1,4 +1,4 @@
-"""The bit loss that pushes selectors towards lower bit-widths: with the reference's growing weight (SPEC §4), or
+"""The bit loss that pushes selectors towards lower bit-widths: with the reference's growing weight (docs/method.md#training), or
 with a weight steered to a bit budget (``target_fab`` / ``target_bitops``, :mod:`bit_budget`)."""
 import math
 import numbers

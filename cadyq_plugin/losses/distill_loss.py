@@ -1,4 +1,4 @@
-"""Attention-transfer distillation from the teacher's body output and block features (SPEC §4)."""
+"""Attention-transfer distillation from the teacher's body output and block features (docs/method.md#training)."""
 import torch.nn as nn
 import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY

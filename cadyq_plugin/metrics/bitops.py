@@ -1,4 +1,4 @@
-"""BitOPs and FAB (SPEC §5), registered as BasicSR metrics.
+"""BitOPs and FAB (docs/method.md#fab-and-bitops), registered as BasicSR metrics.
 
 A validation forward pass is described by a dict ``{'layers': [LayerCost], 'bits': Tensor[n_selectors]}``;
 an image is a list of them (one per patch in patch-wise inference, one for image-wise).

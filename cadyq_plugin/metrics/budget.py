@@ -1,7 +1,7 @@
 """A bit budget resolved against one network: a target FAB, or a target BitOPs at a 1280x720 output.
 
 Both are budgets on a weighted mean of the selectors' bits, which is what the bit-loss controller steers: FAB
-weighs every selector alike (SPEC §5); BitOPs are linear in each selector's bit (:func:`bitops_per_bit`), so a
+weighs every selector alike (docs/method.md#fab-and-bitops); BitOPs are linear in each selector's bit (:func:`bitops_per_bit`), so a
 BitOPs target is a target on the mean bit weighted by each selector's BitOPs per bit (its MACs x w_bits / 32^2).
 The two differ when the selectors' layers differ in MACs (IDN: its 48->32 grouped convs cost an eighth of its
 64->48 ones).

@@ -1,4 +1,4 @@
-"""Per-layer multiply-accumulate counts read off the real module shapes (SPEC §5).
+"""Per-layer multiply-accumulate counts read off the real module shapes (docs/method.md#fab-and-bitops).
 
 The network runs once on the ``meta`` device (shapes only, no arithmetic) with hooks on every convolution and
 linear layer (a transformer backbone's projections and MLPs; the bit selectors' own linears are not counted, as

@@ -1,4 +1,4 @@
-"""PAMS activation quantization (SPEC §1): a learnable symmetric clipping range ``alpha`` per quantizer.
+"""PAMS activation quantization (docs/method.md#quantizers): a learnable symmetric clipping range ``alpha`` per quantizer.
 
 The arithmetic lives in one autograd function, :func:`pams_quantize`, shared by the fixed-bit quantizer below
 and by the bit selector. It keeps the reference's operation order in the forward (``c / alpha * q``, round,

@@ -35,7 +35,7 @@ class BitRecord:
         return torch.stack(self._bits, dim=1)
 
     def weighted_bits(self):
-        """``[B]`` sum over selectors of ``b / E_p[b]`` (SPEC §2), the quantity the bit loss penalises."""
+        """``[B]`` sum over selectors of ``b / E_p[b]`` (docs/method.md#bit-selector), the quantity the bit loss penalises."""
         return self.selector_weighted_bits().sum(dim=1)
 
     def selector_weighted_bits(self):

@@ -1,4 +1,4 @@
-"""The CADyQ bit selector (SPEC §2): picks, per sample, the bit-width of one activation quantizer."""
+"""The CADyQ bit selector (docs/method.md#bit-selector): picks, per sample, the bit-width of one activation quantizer."""
 import math
 
 import torch
@@ -22,7 +22,7 @@ def check_candidate_bits(bits):
 
 class _SelectQuantize(torch.autograd.Function):
     """Forward: each sample quantized at its chosen candidate only. Backward: the gradient of the
-    probability-weighted mixture ``sum_k p_k Q_k(x)`` (straight-through selection, SPEC §2).
+    probability-weighted mixture ``sum_k p_k Q_k(x)`` (straight-through selection, docs/method.md#bit-selector).
 
     Both directions share the PAMS expression of :mod:`act_quant`; the mixture is never materialised in the
     forward, so inference and training produce bit-identical outputs and the forward costs one quantization.

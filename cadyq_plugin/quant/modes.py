@@ -1,4 +1,4 @@
-"""Builds the quantized pieces of a network for one ``quant_mode`` (SPEC §3), so each architecture is
+"""Builds the quantized pieces of a network for one ``quant_mode`` (docs/method.md#backbones), so each architecture is
 written once and gets its fp / pams / cadyq variants with identical parameter names for the shared convs."""
 import torch.nn as nn
 
@@ -38,7 +38,7 @@ class ActQuantFactory:
         return self.mode != 'fp'
 
     def dynamic(self, channels):
-        """A place where CADyQ puts a bit selector ("BS" in SPEC §3)."""
+        """A place where CADyQ puts a bit selector ("BS" in docs/method.md#backbones)."""
         if self.mode == 'fp':
             return NoQuant()
         if self.mode == 'pams':
@@ -46,7 +46,7 @@ class ActQuantFactory:
         return BitSelector(channels, self.bits)
 
     def fixed(self, bits=8):
-        """A fixed-bit quantizer that stays in both quantized modes ("A8" in SPEC §3)."""
+        """A fixed-bit quantizer that stays in both quantized modes ("A8" in docs/method.md#backbones)."""
         return NoQuant() if self.mode == 'fp' else PAMSQuant(bits)
 
     def conv(self, in_channels, out_channels, kernel_size, feed_from=None, **kwargs):
@@ -68,7 +68,7 @@ def assign_selector_indices(net):
 
 
 def set_calibration(net, on):
-    """Switch PAMS calibration (SPEC §1) on or off for every activation quantizer of ``net``."""
+    """Switch PAMS calibration (docs/method.md#quantizers) on or off for every activation quantizer of ``net``."""
     for module in net.modules():
         if isinstance(module, (PAMSQuant, BitSelector)):
             module.calibrating = bool(on)

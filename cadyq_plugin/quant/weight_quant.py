@@ -1,4 +1,4 @@
-"""Per-tensor symmetric weight quantization and the convolution that uses it (SPEC §1)."""
+"""Per-tensor symmetric weight quantization and the convolution that uses it (docs/method.md#quantizers)."""
 import torch
 import torch.nn as nn
 

@@ -1,4 +1,4 @@
-"""Bit map: a colour overlay of the per-region FAB on the SR image (SPEC §5-6).
+"""Bit map: a colour overlay of the per-region FAB on the SR image (docs/method.md#fab-and-bitops, docs/method.md#patch-wise-inference).
 
 In patch-wise inference every patch gets one FAB (the mean of its chosen bits over the dynamic selectors) and
 contributes one region of the stitched SR image (``PatchStitcher.regions(i)``); these regions tile the image
@@ -43,7 +43,7 @@ def legend_height(width: int) -> int:
 
 
 def stitched_regions(lr_h: int, lr_w: int, patch: Optional[int], step: Optional[int], scale: int) -> List[Box]:
-    """HR boxes ``(y0, y1, x0, x1)`` each patch keeps in the stitched image, in patch order (SPEC §6).
+    """HR boxes ``(y0, y1, x0, x1)`` each patch keeps in the stitched image, in patch order (docs/method.md#patch-wise-inference).
 
     ``patch=None`` means image-wise inference: one region covering the whole SR image. Same as
     ``PatchStitcher(lr_h, lr_w, patch, step, scale).regions(i)[1]`` for every patch ``i``.

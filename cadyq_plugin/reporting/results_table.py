@@ -2,7 +2,7 @@
 
 One row per image (PSNR, SSIM, FAB, BitOPs, whichever were measured), optionally a ``target`` row (a bit budget's
 target, next to the ``mean`` row that shows what was reached) and a final ``mean`` row, the mean over images
-(SPEC §5: a dataset's FAB is the mean of its images' FABs). Files are written atomically.
+(docs/method.md#fab-and-bitops: a dataset's FAB is the mean of its images' FABs). Files are written atomically.
 """
 import csv
 import io
