@@ -3,10 +3,11 @@ and validation."""
 from cadyq_plugin.config_check.basicsr_keys import SCHEDULERS
 from cadyq_plugin.config_check.keys import check_unknown_keys
 from cadyq_plugin.config_check.model_type import is_cadyq_model, needs_pixel_or_perceptual_loss
+from cadyq_plugin.losses import ATLoss, BitLoss
 from cadyq_plugin.models.step_guard import DEFAULT_MAX_BAD_STEPS
 from cadyq_plugin.problems import did_you_mean, is_count
 
-PLUGIN_LOSSES = ('ATLoss', 'BitLoss')  # their sections are checked for unknown keys
+PLUGIN_LOSSES = (ATLoss.__name__, BitLoss.__name__)  # their sections are checked for unknown keys
 
 
 def check_train(opt, problems):
