@@ -70,8 +70,11 @@ def compare_layers(fake, int8, x):
                     else torch.contiguous_format
                 level = level.contiguous(memory_format=layout)
                 forced = QuantizedActivation((level + 128).to(torch.uint8), alpha, q, level.clone())
-            else:
-                alpha, q = module.alpha, module.q
+            else:  # a float output (a quantizer that feeds no integer conv): levels of its finest step
+                if isinstance(module, BitSelector):
+                    alpha, q = min(((m.alpha, m.q) for m in module.quantizers), key=lambda aq: float(aq[0] / aq[1]))
+                else:
+                    alpha, q = module.alpha, module.q
                 level, got = _levels(reference, alpha, q), _levels(output, alpha, q)
                 channels_last = output.is_contiguous(memory_format=torch.channels_last)
                 forced = reference.contiguous(memory_format=torch.channels_last) if channels_last else reference

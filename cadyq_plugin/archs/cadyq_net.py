@@ -7,7 +7,7 @@ from cadyq_plugin.quant import ActQuantFactory, BitRecord, assign_selector_indic
 from cadyq_plugin.quant.int8 import check_backend
 
 # The arguments that set how a network is quantized, not its backbone: a teacher may differ from its student in them
-QUANT_ARGS = ('quant_mode', 'w_bits', 'a_bits', 'bits', 'calib_iters', 'grad_scale', 'backend')
+QUANT_ARGS = ('quant_mode', 'w_bits', 'a_bits', 'bits', 'calib_iters', 'grad_scale', 'backend', 'fp_layer_bits')
 
 
 class CADyQNet(nn.Module):
@@ -17,17 +17,21 @@ class CADyQNet(nn.Module):
     :meth:`finish_build` at the end of ``__init__`` and implement ``forward_features(x, record)`` returning
     ``(sr, body, feats)`` for an input in [0, 1]. ``backend`` (``fake`` | ``int8``) is how the quantized convs
     run in eval mode (:func:`~cadyq_plugin.quant.set_backend`); training always runs the fake path.
+    ``fp_layer_bits`` (quantized modes) quantizes the convs the subclass left in full precision at that fixed
+    bit-width (:mod:`~cadyq_plugin.quant.fp_layers`); None keeps the reference network.
     """
 
-    def __init__(self, upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend='fake'):
+    def __init__(self, upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend='fake',
+                 fp_layer_bits=None):
         super().__init__()
-        self.quant = ActQuantFactory(quant_mode, w_bits, a_bits, bits)
+        self.quant = ActQuantFactory(quant_mode, w_bits, a_bits, bits, fp_layer_bits)
         self.backend = check_backend(backend)
         if backend == 'int8' and quant_mode == 'fp':
             raise ValueError("backend 'int8' needs quant_mode 'pams' or 'cadyq' (an fp network has no quantized "
                              'convs to run in integers)')
         self.upscale = upscale
         self.quant_mode = quant_mode
+        self.fp_layer_bits = fp_layer_bits
         self.calib_iters = int(calib_iters)
         self.grad_scale = float(grad_scale)
         self.n_selectors = 0
@@ -39,6 +43,7 @@ class CADyQNet(nn.Module):
         self.register_buffer('mean', mean, persistent=False)
 
     def finish_build(self):
+        self.quant.quantize_fp_layers(self)
         self.n_selectors = assign_selector_indices(self)
         set_backend(self, self.backend)
 

@@ -73,8 +73,8 @@ class CARN_CADyQ(CADyQNet):
 
     Input and output are RGB in [0, 1], which is also the scale CARN works on (the mean shift subtracts
     ``rgb_mean`` itself, not x255). The original is multi-scale; only the ``upscale`` branch is built. Entry
-    conv, all 1x1 cascading convs, upsampler and exit conv stay full precision; ``grad_scale`` defaults to the
-    reference's 1.
+    conv, all 1x1 cascading convs, upsampler and exit conv stay full precision (``fp_layer_bits``: fixed-bit);
+    ``grad_scale`` defaults to the reference's 1.
 
     Args:
         num_block (int): cascading blocks (3).
@@ -96,8 +96,9 @@ class CARN_CADyQ(CADyQNet):
                  bits=(4, 6, 8),
                  calib_iters=1000,
                  grad_scale=1.0,
-                 backend='fake'):
-        super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend)
+                 backend='fake',
+                 fp_layer_bits=None):
+        super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend, fp_layer_bits)
         self.img_range = img_range
         self.register_mean(rgb_mean, img_range)
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)

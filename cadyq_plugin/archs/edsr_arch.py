@@ -35,7 +35,8 @@ class EDSR_CADyQ(CADyQNet):
     """EDSR-baseline x4 (64 features, 16 blocks) in ``fp``, ``pams`` (W8A8) or ``cadyq`` mode.
 
     Input and output are RGB in [0, 1]; the network works on 0..255 internally like the reference. Head, body
-    final conv, upsampler and last conv stay full precision.
+    final conv, upsampler and last conv stay full precision (``fp_layer_bits``: fixed-bit, see
+    :class:`~cadyq_plugin.archs.cadyq_net.CADyQNet`).
     """
 
     def __init__(self,
@@ -53,8 +54,9 @@ class EDSR_CADyQ(CADyQNet):
                  bits=(4, 6, 8),
                  calib_iters=1000,
                  grad_scale=1e3,
-                 backend='fake'):
-        super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend)
+                 backend='fake',
+                 fp_layer_bits=None):
+        super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend, fp_layer_bits)
         self.img_range = img_range
         self.register_mean(rgb_mean, img_range)
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)

@@ -67,8 +67,9 @@ class IDN_CADyQ(CADyQNet):
     """IDN x4 (64 features, d=16, s=4, 4 DBlocks) in ``fp``, ``pams`` or ``cadyq`` mode.
 
     Input and output are RGB in [0, 1]; the network works on 0..255 internally, without mean shift. The tail is
-    a full-precision transposed conv (kernel 17, stride ``upscale``, padding 8, output padding ``upscale - 1``,
-    which makes the output exactly ``upscale`` times the input) added to the bicubic-upsampled input.
+    a full-precision (``fp_layer_bits``: fixed-bit) transposed conv (kernel 17, stride ``upscale``, padding 8,
+    output padding ``upscale - 1``, which makes the output exactly ``upscale`` times the input) added to the
+    bicubic-upsampled input.
 
     Args:
         d (int): channels the enhancement units remove and add (16).
@@ -94,8 +95,9 @@ class IDN_CADyQ(CADyQNet):
                  bits=(4, 6, 8),
                  calib_iters=1000,
                  grad_scale=1e3,
-                 backend='fake'):
-        super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend)
+                 backend='fake',
+                 fp_layer_bits=None):
+        super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend, fp_layer_bits)
         if num_feat % s or num_feat // s != d:
             raise ValueError(f'IDN needs num_feat / s == d (the kept slice fills the bottom unit\'s extra d '
                              f'channels), got num_feat={num_feat}, d={d}, s={s}')

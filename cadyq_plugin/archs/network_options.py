@@ -9,6 +9,7 @@ import inspect
 from cadyq_plugin.archs.cadyq_net import QUANT_ARGS, CADyQNet
 from cadyq_plugin.problems import Problems, did_you_mean, is_count, is_int
 from cadyq_plugin.quant.bit_selector import CANDIDATE_BITS, check_candidate_bits
+from cadyq_plugin.quant.fp_layers import FP_LAYER_BITS
 from cadyq_plugin.quant.int8 import BACKENDS
 from cadyq_plugin.quant.modes import FIXED_BITS, QUANT_MODES
 from cadyq_plugin.registries import lookup, registered_names
@@ -75,6 +76,10 @@ def _check_quant_args(resolved, key, problems):
                      'iterations; 0 keeps the loaded ranges)')
     if resolved.get('backend', BACKENDS[0]) not in BACKENDS:
         problems.add(f'{key}.backend', resolved.get('backend'), 'expected ' + ' or '.join(map(repr, BACKENDS)))
+    fp_layer_bits, (low, high) = resolved.get('fp_layer_bits'), FP_LAYER_BITS
+    if fp_layer_bits is not None and not (is_int(fp_layer_bits) and low <= fp_layer_bits <= high):
+        problems.add(f'{key}.fp_layer_bits', fp_layer_bits, 'expected null (FP layers stay full precision) or an '
+                     f'integer in {low}..{high} (bits of the weights and inputs of the convs outside the CADyQ set)')
 
 
 def _check_wrapper(cls, net_opt, key, resolved, problems):

@@ -10,14 +10,15 @@ class SRResBlock(nn.Module):
     """``skip = BS1(x); h = BS2(act(bn1(conv1(x)))); out = bn2(conv2(h)) * res_scale + skip``.
 
     As in the reference, ``conv1`` sees the unquantized ``x``: ``BS1`` only quantizes the skip. For BitOPs
-    ``conv1`` is nevertheless counted at ``BS1``'s bit-width (the paper's accounting). ``act`` is the network's
-    single PReLU, shared with the head and every other block.
+    ``conv1`` is nevertheless counted at ``BS1``'s bit-width (the paper's accounting); with ``fp_layer_bits`` its
+    input gets a fixed quantizer of its own (``conv1.quant_in``) and it is counted at that bit-width. ``act`` is the
+    network's single PReLU, shared with the head and every other block.
     """
 
     def __init__(self, quant, num_feat, res_scale, act):
         super().__init__()
         self.quant_in = quant.dynamic(num_feat)
-        self.conv1 = quant.conv(num_feat, num_feat, 3, padding=1, feed_from=self.quant_in)
+        self.conv1 = quant.conv_on_raw_input(num_feat, num_feat, 3, counted_as=self.quant_in, padding=1)
         self.bn1 = nn.BatchNorm2d(num_feat)
         self.act = act
         self.quant_mid = quant.dynamic(num_feat)
@@ -48,8 +49,9 @@ class SRResNet_CADyQ(CADyQNet):
 
     Input and output are RGB in [0, 1]; the network works on 0..255 internally, without mean shift. One PReLU
     (``act``) is shared by the head and every block (reference behaviour). Head (9x9), body-final conv + BN,
-    upsampler and 9x9 exit conv stay full precision; only the block convs have a bias (see the converter for the
-    original FP layout, whose block convs have none). BatchNorm follows the module's train/eval mode.
+    upsampler and 9x9 exit conv stay full precision (``fp_layer_bits``: fixed-bit); only the block convs have a bias
+    (see the converter for the original FP layout, whose block convs have none). BatchNorm follows the module's
+    train/eval mode.
     """
 
     def __init__(self,
@@ -66,8 +68,9 @@ class SRResNet_CADyQ(CADyQNet):
                  bits=(4, 6, 8),
                  calib_iters=1000,
                  grad_scale=1e3,
-                 backend='fake'):
-        super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend)
+                 backend='fake',
+                 fp_layer_bits=None):
+        super().__init__(upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend, fp_layer_bits)
         self.img_range = img_range
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 9, 1, 4, bias=False)
         self.act = nn.PReLU()

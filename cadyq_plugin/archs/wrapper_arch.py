@@ -29,6 +29,7 @@ from cadyq_plugin.archs.wrapper_presets import PRESETS, default_patterns
 from cadyq_plugin.archs.wrapper_trace import Trace, trace_backbone
 from cadyq_plugin.errors import UserError
 from cadyq_plugin.quant import BitSelector, QConv2d, set_backend
+from cadyq_plugin.quant.fp_layers import fp_convs
 from cadyq_plugin.quant.int8 import BACKENDS
 
 TRACE_SIZE = 16  # LR side of the traced forward pass (rounded up to a multiple of pad_to)
@@ -219,6 +220,9 @@ class CADyQWrapper(CADyQNet):
         pad_to (int): the input is padded (right, bottom) to a multiple of this and the output cropped (SwinIR:
             its window size).
         backend (str): ``fake`` (float simulation) or ``int8`` (eval: quantized convs as integer convolutions).
+        fp_layer_bits (int): in the quantized modes, every other ``nn.Conv2d`` / ``nn.ConvTranspose2d`` of the
+            backbone (outside ``keep_fp``) gets ``fp_layer_bits`` weights and a fixed ``fp_layer_bits`` quantizer of
+            its own on its input (``<conv>.quant_in``); default None: they stay full precision.
     """
 
     def __init__(self,
@@ -236,9 +240,11 @@ class CADyQWrapper(CADyQNet):
                  keep_fp=(),
                  features=None,
                  body=None,
-                 pad_to=None):
+                 pad_to=None,
+                 fp_layer_bits=None):
         plan = plan_wrapper(backbone, upscale, quantize, act_quant, keep_fp, features, body, pad_to, backend)
-        super().__init__(plan.upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend)
+        super().__init__(plan.upscale, quant_mode, w_bits, a_bits, bits, calib_iters, grad_scale, backend,
+                         fp_layer_bits)
         self.arch_type = backbone['type']
         self.pad_to = plan.pad_to
         self.state = ForwardState()
@@ -260,6 +266,7 @@ class CADyQWrapper(CADyQNet):
             for conv in placement.convs:
                 parent, _, leaf = conv.rpartition('.')
                 setattr(self.get_submodule(parent), leaf, quantized_conv(self.get_submodule(conv), self.quant.w_bits))
+            self._quantize_fp_layers(placement)
             sites = {(site.kind, site.module): site for site in placement.sites}
             for key in trace.order:
                 site = sites[key]
@@ -290,6 +297,16 @@ class CADyQWrapper(CADyQNet):
             selector.index = index
         self.n_selectors = len(selectors)
         set_backend(self, self.backend)
+
+    def _quantize_fp_layers(self, placement):
+        """``fp_layer_bits``: the FP convs quantize their own input, so none may also hold an act_quant site."""
+        fp_layers = set(fp_convs(self, placement.kept)) if self.quant.fp_layer_bits is not None else set()
+        clashes = [f'{site.key}: {site.module} is a conv that fp_layer_bits quantizes (with a fixed quantizer of its '
+                   f'own on its input); put it in quantize or keep_fp instead' for site in placement.sites
+                   if site.module in fp_layers and site.kind == 'input']
+        if clashes:
+            raise WrapperConfigError(clashes, self.upscale)
+        self.quant.quantize_fp_layers(self, placement.kept)
 
     def train(self, mode=True):
         """Also set the backbone's own flag (a plain attribute here, which its forward may read)."""

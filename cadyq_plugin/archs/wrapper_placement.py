@@ -6,7 +6,7 @@ Every problem is one line naming the option entry, its value and what is wrong, 
 stops the run before any work.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch.nn as nn
 
@@ -32,11 +32,12 @@ class Site:
 @dataclass
 class Placement:
     """The resolved options: quantized convs and feature modules (each with its option entry), quantizer sites,
-    the body point ``(kind, module)``."""
+    the body point ``(kind, module)`` and the modules ``keep_fp`` keeps (with everything inside them)."""
     convs: Dict[str, str] = field(default_factory=dict)
     sites: List[Site] = field(default_factory=list)
     features: Dict[str, str] = field(default_factory=dict)
     body: Optional[Tuple[str, str]] = None
+    kept: Set[str] = field(default_factory=set)
 
 
 class _Resolver:
@@ -206,7 +207,8 @@ def resolve_placement(backbone, arch_type, quantize, act_quant, keep_fp, feature
         convs=convs,
         sites=resolver.conv_inputs(convs) if act_quant is None else resolver.act_quant(act_quant),
         features=resolver.features(features),
-        body=resolver.body(body))
+        body=resolver.body(body),
+        kept=set(resolver.kept))
     return placement, resolver.problems
 
 

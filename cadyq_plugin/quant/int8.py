@@ -15,17 +15,18 @@ with zero point 128 and prepacked int8 weights, float32 output. Under ``torch.ex
 is the custom op ``cadyq::conv_integer``, which becomes ONNX ``ConvInteger``.
 """
 import platform
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch.utils._pytree import tree_map
 
 from cadyq_plugin.errors import UserError
 from cadyq_plugin.quant.act_quant import rounded_level
-from cadyq_plugin.quant.weight_quant import weight_levels
+from cadyq_plugin.quant.int8_lazy import (MAGIC, ZERO_POINT, ConvOutput, OneDNNConv, QuantizedActivation,
+                                          round_to_codes, shuffle_float)
+from cadyq_plugin.quant.weight_quant import QConvTranspose2d, weight_levels
 
 BACKENDS = ('fake', 'int8')
-ZERO_POINT = 128
 _X86 = ('x86_64', 'amd64', 'i386', 'i686', 'x86')
 
 
@@ -53,54 +54,21 @@ def check_int8_device(device):
 def quantize_to_codes(x, alpha, q):
     """``x`` quantized straight to a :class:`QuantizedActivation` (the fake path's rounding, no float output).
 
-    This is the ``int8_codes`` hook of the quantizers that feed a :class:`QConv2d` (set by ``set_backend``).
-    ``level + 128`` as uint8 is ``int8(level)`` with the sign bit flipped, which is cheaper than adding 128.
+    This is the ``int8_codes`` hook of the quantizers that feed an integer conv (set by ``set_backend``). The
+    output of an integer conv that nothing has read yet (:class:`ConvOutput`) is requantized by the conv itself
+    when the quantizer is fixed (one ``alpha``); anything else is rounded to codes by :func:`round_to_codes`.
     """
-    level = rounded_level(x, alpha, q)
     if torch.compiler.is_exporting():
+        level = rounded_level(x, alpha, q)
         value = level / q * alpha
         value.int8_codes = ((level + ZERO_POINT).to(torch.uint8), alpha, q)
         return value
-    codes = level.to(torch.int8).view(torch.uint8).bitwise_xor_(0x80)
-    return QuantizedActivation(codes, alpha, q, level)
-
-
-class QuantizedActivation(torch.Tensor):
-    """A quantized activation held as integer codes; to every operation but an int8 conv it is its float value.
-
-    ``codes`` uint8 (level + 128), ``alpha`` and ``q`` broadcastable against it (``[1]`` or per sample
-    ``[B, 1, 1, 1]``), ``level`` the float levels they were made from. The float value ``level / q * alpha`` is
-    computed on first use, in place and in the fake path's operation order, so it is bit-identical to the fake
-    quantizer's output.
-    """
-
-    @staticmethod
-    def __new__(cls, codes, alpha, q, level):
-        self = torch.Tensor._make_wrapper_subclass(cls, codes.shape, strides=codes.stride(), dtype=torch.float32,
-                                                   device=codes.device)
-        self.codes, self.alpha, self.q = codes, alpha, q
-        self._level, self._value = level, None
-        return self
-
-    def __init__(self, codes, alpha, q, level):
-        super().__init__()
-
-    def value(self):
-        if self._value is None:
-            self._value, self._level = self._level.div_(self.q).mul_(self.alpha), None
-        return self._value
-
-    def sample_step(self):
-        """``alpha / q`` per sample, ``[B]`` (or ``[1]`` when every sample has the same quantizer)."""
-        return (self.alpha / self.q).reshape(-1)
-
-    def __repr__(self):
-        return f'QuantizedActivation(shape={tuple(self.shape)}, alpha={self.alpha.reshape(-1).tolist()})'
-
-    @classmethod
-    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
-        unwrap = lambda t: t.value() if isinstance(t, QuantizedActivation) else t  # noqa: E731
-        return func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs or {}))
+    if isinstance(x, ConvOutput):
+        codes = x.codes(alpha, q)
+        if codes is not None:
+            return QuantizedActivation(codes, alpha, q)
+    codes, shifted = round_to_codes(x, alpha, q)
+    return QuantizedActivation(codes, alpha, q, shifted, MAGIC)
 
 
 @torch.library.custom_op('cadyq::conv_integer', mutates_args=())
@@ -118,23 +86,88 @@ def _(codes, weight, stride, padding, dilation, groups):
                     groups).to(torch.int32)
 
 
-class PackedWeight:
-    """A conv's weight levels (int8), their step ``m / q`` and what each execution needs, made on demand."""
+class IntegerConv(NamedTuple):
+    """The integer convolution that computes a weight-quantized conv: its int8 ``levels`` and geometry, and the
+    pixel shuffle by ``shuffle`` after it (a transposed conv runs as a sub-pixel conv)."""
+    levels: torch.Tensor
+    stride: list
+    padding: list
+    dilation: list
+    groups: int
+    shuffle: int = 1
 
-    def __init__(self, levels, m, q):
+    def out_shape(self, in_shape):
+        batch, _, height, width = in_shape
+        kernel = self.levels.shape[2:]
+        sizes = [(n + 2 * p - d * (k - 1) - 1) // s + 1
+                 for n, p, d, k, s in zip((height, width), self.padding, self.dilation, kernel, self.stride)]
+        return (batch, self.levels.shape[0], *sizes)
+
+    def per_channel(self, values):
+        """A per-output-channel vector of the conv (bias, weight step) per integer-conv output channel."""
+        return values if values is None or self.shuffle == 1 else values.repeat_interleave(self.shuffle**2)
+
+
+def subpixel_conv(conv, levels):
+    """A transposed conv (stride ``s``, square kernel ``k``, padding ``p``, output exactly ``s`` times the input) as
+    a stride-1 conv with ``s * s`` times the output channels followed by a pixel shuffle by ``s``:
+    output pixel ``s * Y + r`` is ``sum_j in[Y + j] * w[r + p - s * j]`` over the taps ``j`` where the index lies in
+    the kernel, so every weight level is reused as it is (zeros where a phase has no tap). None for any other
+    geometry (the conv then runs in float on its quantized weight)."""
+    stride, kernel, pad, extra = conv.stride[0], conv.kernel_size[0], conv.padding[0], conv.output_padding[0]
+    square = all(len(set(v)) == 1 for v in (conv.stride, conv.kernel_size, conv.padding, conv.output_padding))
+    if not square or conv.groups != 1 or tuple(conv.dilation) != (1, 1) or kernel - 2 * pad + extra != stride:
+        return None
+    # taps j with 0 <= r + p - s*j <= k - 1 for some phase r = 0 ... s-1, made symmetric (zero weights) so that
+    # one symmetric padding keeps the size
+    reach = max((kernel - 1 - pad) // stride, (stride - 1 + pad) // stride)
+    low, high = -reach, reach
+    taps = high - low + 1
+    in_channels, out_channels = levels.shape[:2]
+    weight = torch.zeros(out_channels, stride, stride, in_channels, taps, taps, dtype=levels.dtype)
+    for ry in range(stride):
+        for jy in range(low, high + 1):
+            ky = ry + pad - stride * jy
+            if not 0 <= ky < kernel:
+                continue
+            for rx in range(stride):
+                for jx in range(low, high + 1):
+                    kx = rx + pad - stride * jx
+                    if 0 <= kx < kernel:
+                        weight[:, ry, rx, :, jy - low, jx - low] = levels[:, :, ky, kx].t()
+    weight = weight.reshape(out_channels * stride * stride, in_channels, taps, taps)
+    return IntegerConv(weight, [1, 1], [reach, reach], [1, 1], 1, stride)
+
+
+def integer_conv(conv, levels):
+    """The :class:`IntegerConv` of ``conv`` (None where the geometry has none)."""
+    if isinstance(conv, QConvTranspose2d):
+        return subpixel_conv(conv, levels)
+    return IntegerConv(levels, list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
+
+
+class PackedWeight:
+    """A conv's weight levels (int8), their step ``m / q`` (one, or one per output channel), its integer
+    convolution and what each execution needs, made on demand."""
+
+    def __init__(self, levels, m, q, conv):
         self.levels = levels.to(torch.int8)
         self.m, self.q = m, q
-        self.step = (m / q).to(torch.float32).reshape(1)
-        self.zero_points = torch.zeros(levels.shape[0], dtype=torch.int64)
+        self.integer = integer_conv(conv, self.levels)
+        channels = self.integer.levels.shape[0] if self.integer is not None else 0
+        step = (m / q).to(torch.float32).reshape(-1)
+        # the step of each integer-conv output channel
+        self.step = step.expand(channels) if step.numel() == 1 else self.integer.per_channel(step)
+        self.zero_points = torch.zeros(channels, dtype=torch.int64)
         self._prepacked = None
         self._float = None
 
-    def prepacked(self, conv):
+    def prepacked(self):
         if self._prepacked is None:
-            ones = torch.ones(conv.out_channels, dtype=torch.float64)
-            self._prepacked = torch.ops.onednn.qconv_prepack(self.levels, ones, 1.0, ZERO_POINT, list(conv.stride),
-                                                             list(conv.padding), list(conv.dilation), conv.groups,
-                                                             None)
+            integer = self.integer
+            ones = torch.ones(integer.levels.shape[0], dtype=torch.float64)
+            self._prepacked = torch.ops.onednn.qconv_prepack(integer.levels, ones, 1.0, ZERO_POINT, integer.stride,
+                                                             integer.padding, integer.dilation, integer.groups, None)
         return self._prepacked
 
     def float_weight(self):
@@ -145,10 +178,12 @@ class PackedWeight:
 
 
 class Int8ConvKernel:
-    """The int8 execution of one :class:`QConv2d`, with its weights cached until they change.
+    """The int8 execution of one weight-quantized conv, with its weights cached until they change.
 
     The cache is keyed by the weight's storage and version counter, so an optimizer step, ``load_state_dict``
-    or ``.to()`` invalidates it; ``QConv2d.train()`` drops it too.
+    or ``.to()`` invalidates it; ``train()`` drops it too. A batch with one activation scale returns a
+    :class:`ConvOutput` (computed when read, requantized by the conv when a fixed quantizer reads it); a batch
+    whose samples have different scales is computed at once and rescaled per sample.
     """
 
     def __init__(self):
@@ -173,13 +208,17 @@ class Int8ConvKernel:
             return self._weight
         key = self._cache_key(conv)
         if key != self._key:
-            self._weight, self._key = PackedWeight(*weight_levels(conv.weight, conv.w_bits)), key
+            self._weight = PackedWeight(*weight_levels(conv.weight, conv.w_bits, conv.w_channel_dim), conv)
+            self._key = key
         return self._weight
 
     def load_levels(self, conv, levels, m):
-        """Use stored levels and ``m`` (a deployment checkpoint) and set ``conv.weight`` to their value."""
+        """Use stored levels and ``m`` (a deployment checkpoint: one, or one per output channel) and set
+        ``conv.weight`` to their value."""
         q = 2**(conv.w_bits - 1) - 1
-        packed = PackedWeight(levels, m.to(torch.float32), q)
+        if conv.w_channel_dim is not None:
+            m = m.reshape([-1 if d == conv.w_channel_dim else 1 for d in range(levels.dim())])
+        packed = PackedWeight(levels, m.to(torch.float32), q, conv)
         with torch.no_grad():
             conv.weight.copy_(packed.float_weight())
         self._weight, self._key = packed, self._cache_key(conv)
@@ -189,25 +228,32 @@ class Int8ConvKernel:
         if conv.padding_mode != 'zeros':
             raise Int8BackendError(f'backend int8 supports zero padding only, got padding_mode={conv.padding_mode!r}')
         weight = self.weight(conv)
-        if torch.compiler.is_exporting() and hasattr(x, 'int8_codes'):
-            codes, alpha, q = x.int8_codes
-            acc = conv_integer(codes, weight.levels, list(conv.stride), list(conv.padding), list(conv.dilation),
-                               conv.groups)
-            out = acc.to(torch.float32) * (alpha / q * weight.step).view(-1, 1, 1, 1)
-            return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
-        if not isinstance(x, QuantizedActivation):
-            return conv._conv_forward(x, weight.float_weight(), conv.bias)
+        integer = weight.integer
+        if torch.compiler.is_exporting() and hasattr(x, 'int8_codes') and integer is not None:
+            return _exported_conv(integer, x.int8_codes, weight.step, conv.bias)
+        if not isinstance(x, QuantizedActivation) or integer is None:
+            return conv.fake_forward(x, weight.float_weight())
         step = x.sample_step()
-        if step.numel() == 1 or bool((step == step[0]).all()):  # one scale for the batch: fused into the conv
-            return self._onednn(conv, x.codes, weight, (step[0] * weight.step).expand(conv.out_channels), conv.bias)
-        out = self._onednn(conv, x.codes, weight, weight.step.expand(conv.out_channels), None)
-        if conv.bias is None:
-            return out.mul_(step.view(-1, 1, 1, 1))
-        return torch.addcmul(conv.bias.view(1, -1, 1, 1), out, step.view(-1, 1, 1, 1), out=out)
+        bias = integer.per_channel(conv.bias)
+        if step.numel() == 1 or bool((step == step[0]).all()):  # one scale for the batch: computed when read
+            call = OneDNNConv(x.codes, weight.prepacked(), step[0] * weight.step, weight.zero_points, bias,
+                              integer.stride, integer.padding, integer.dilation, integer.groups)
+            shuffles = (integer.shuffle,) if integer.shuffle > 1 else ()
+            return ConvOutput(call, integer.out_shape(x.codes.shape), shuffles=shuffles)
+        call = OneDNNConv(x.codes, weight.prepacked(), weight.step, weight.zero_points, None, integer.stride,
+                          integer.padding, integer.dilation, integer.groups)
+        out = call.run(call.scales, None)
+        per_sample = step.view(-1, 1, 1, 1)
+        out = out.mul_(per_sample) if bias is None else torch.addcmul(bias.view(1, -1, 1, 1), out, per_sample, out=out)
+        return shuffle_float(out, integer.shuffle) if integer.shuffle > 1 else out
 
-    @staticmethod
-    def _onednn(conv, codes, weight, out_scale, bias):
-        return torch.ops.onednn.qconv2d_pointwise(codes, 1.0, ZERO_POINT, weight.prepacked(conv),
-                                                  out_scale.contiguous(), weight.zero_points, bias,
-                                                  list(conv.stride), list(conv.padding), list(conv.dilation),
-                                                  conv.groups, 1.0, 0, torch.float32, 'none', [], '')
+
+def _exported_conv(integer, int8_codes, weight_step, bias):
+    """The graph of one integer conv under ``torch.export``: ``ConvInteger``, the rescale, bias, pixel shuffle."""
+    codes, alpha, q = int8_codes
+    acc = conv_integer(codes, integer.levels, integer.stride, integer.padding, integer.dilation, integer.groups)
+    out = acc.to(torch.float32) * ((alpha / q).view(-1, 1, 1, 1) * weight_step.view(1, -1, 1, 1))
+    bias = integer.per_channel(bias)
+    out = out if bias is None else out + bias.view(1, -1, 1, 1)
+    return F.pixel_shuffle(out, integer.shuffle) if integer.shuffle > 1 else out
+

@@ -1,4 +1,5 @@
-"""``basicsr bitops``: per-layer MACs and the FP / W8A8 / CADyQ BitOPs of an options file's network."""
+"""``basicsr bitops``: per-layer MACs and the FP / W8A8 / CADyQ BitOPs of an options file's network (with
+``network_g.fp_layer_bits``, its FP layers counted at that bit-width)."""
 import argparse
 import sys
 
@@ -44,6 +45,7 @@ def report(network_opt, hr_width, hr_height, fabs=None):
             default.
     """
     from cadyq_plugin.metrics import count_layer_macs, forward_bitops
+    from cadyq_plugin.quant.fp_layers import QUANTIZED_FP_LAYERS
     net = build_cadyq_net(network_opt)
     scale = net.upscale
     if hr_width % scale or hr_height % scale:
@@ -55,16 +57,24 @@ def report(network_opt, hr_width, hr_height, fabs=None):
         raise BitopsError(f'--fab {outside[0]:g} is outside the candidate bits {bits} of network_g: an average bit '
                           f'lies in [{bits[0]}, {bits[-1]}]')
     layers = count_layer_macs(net, hr_height // scale, hr_width // scale)
+    fp_layers = {name for name, module in net.named_modules() if isinstance(module, QUANTIZED_FP_LAYERS)}
     lines = [f'{network_opt["type"]} x{scale}, output {hr_width}x{hr_height} (LR {hr_width // scale}x'
              f'{hr_height // scale})', f'{"layer":40s} {"input":>12s} {"MACs (G)":>10s}']
     for layer in layers:
         kind = {'fp': 'FP', 'fixed': f'fixed A{layer.act_bits}', 'dynamic': f'selector {layer.act_bits}'}
-        lines.append(f'{layer.name:40s} {kind[layer.act_kind]:>12s} {layer.macs / 1e9:10.3f}')
+        mark = ' (FP layer)' if layer.name in fp_layers else ''
+        lines.append(f'{layer.name:40s} {kind[layer.act_kind]:>12s} {layer.macs / 1e9:10.3f}{mark}')
     fp = sum(layer.macs for layer in layers)
     quantized = sum(layer.macs for layer in layers if layer.act_kind != 'fp')
+    lines.append(f'MACs: {fp / 1e9:.2f} G total, {quantized / 1e9:.2f} G in quantized convs, '
+                 f'{(fp - quantized) / 1e9:.2f} G in FP layers')
+    if fp_layers:
+        bits = net.fp_layer_bits
+        fp_layer_macs = sum(layer.macs for layer in layers if layer.name in fp_layers)
+        lines += [f'fp_layer_bits {bits}: the {len(fp_layers)} convs the reference keeps in FP ("(FP layer)" above, '
+                  f'{fp_layer_macs / 1e9:.2f} G MACs) run at W{bits}A{bits}:',
+                  f'  every BitOPs line below counts them at {bits} x {bits} bits; the FAB counts the selectors only']
     lines += [
-        f'MACs: {fp / 1e9:.2f} G total, {quantized / 1e9:.2f} G in quantized convs, '
-        f'{(fp - quantized) / 1e9:.2f} G in FP layers',
         f'BitOPs FP        : {fp / 1e9:8.2f} G',
         f'BitOPs W8A8      : {forward_bitops(layers, fab=8) / 1e9:8.2f} G',
     ]

@@ -60,6 +60,14 @@ def input_images(path):
     return paths
 
 
+def read_lr(path):
+    """An image file as the network's input: ``[1, 3, H, W]`` RGB float32 in [0, 1]."""
+    from basicsr.utils import img2tensor
+
+    from cadyq_plugin.data.image_io import read_image
+    return img2tensor(read_image(path).astype('float32') / 255.0, bgr2rgb=True, float32=True).unsqueeze(0)
+
+
 def patchwise_options(args):
     """``{patch, step, batch}`` from the flags (tiling errors are raised by the tiling itself), or None."""
     if args.patch is None:
@@ -70,10 +78,10 @@ def patchwise_options(args):
 
 
 def run(args):
-    from basicsr.utils import img2tensor, tensor2img
+    from basicsr.utils import tensor2img
     from tqdm import tqdm
 
-    from cadyq_plugin.data.image_io import read_image, write_png
+    from cadyq_plugin.data.image_io import write_png
     from cadyq_plugin.inference import super_resolve
     from cadyq_plugin.reporting.bitmap import bit_map_path, save_bit_map
     images = input_images(args.input)
@@ -90,9 +98,7 @@ def run(args):
     bit_range = (min(net.quant.bits), max(net.quant.bits)) if hasattr(net, 'quant') else None
     os.makedirs(args.output, exist_ok=True)
     for image in tqdm(images, unit='image', desc='basicsr infer'):
-        lq = img2tensor(read_image(image).astype('float32') / 255.0, bgr2rgb=True, float32=True).unsqueeze(0)
-        lq = lq.to(device, non_blocking=True)
-        result = super_resolve(net, lq, patchwise)
+        result = super_resolve(net, read_lr(image).to(device, non_blocking=True), patchwise)
         sr_img = tensor2img([result.output.detach().cpu()])
         write_png(sr_paths[image], sr_img)
         fabs = [float(f['bits'].float().mean()) for f in result.forwards if f['bits'].numel()]

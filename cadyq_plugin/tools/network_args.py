@@ -16,6 +16,8 @@ def add_network_args(parser: argparse.ArgumentParser) -> None:
     source.add_argument('-opt', help='options yml whose network_g section describes the network')
     parser.add_argument('--quant-mode', choices=['fp', 'pams', 'cadyq'], help='with --arch (default: cadyq)')
     parser.add_argument('--scale', type=int, help='with --arch: upscale factor (default: 4)')
+    parser.add_argument('--fp-layer-bits', type=int, help='quantize the convs the reference keeps in FP at this '
+                        'bit-width, e.g. 8 (network_g.fp_layer_bits; also with -opt)')
     parser.add_argument('--model', required=True, help='checkpoint: BasicSR (params) or int8 (basicsr export)')
 
 
@@ -36,11 +38,14 @@ def network_options(args, backend=None):
             net_opt['upscale'] = args.scale
     if backend is not None:
         net_opt['backend'] = backend
+    if args.fp_layer_bits is not None:
+        net_opt['fp_layer_bits'] = args.fp_layer_bits
     return net_opt
 
 
-def build_loaded_network(net_opt, model_path):
-    """Build ``net_opt`` (BasicSR's registry), load ``model_path`` strictly and return the network in eval mode."""
+def build_loaded_network(net_opt, model_path, missing_ok=None):
+    """Build ``net_opt`` (BasicSR's registry), load ``model_path`` strictly and return the network in eval mode.
+    ``missing_ok(net)`` names the entries the checkpoint may lack (see :func:`~cadyq_plugin.deploy.load_weights`)."""
     import cadyq_plugin  # noqa: F401  (registration)
     from basicsr.archs import build_network
     from basicsr.utils.registry import ARCH_REGISTRY
@@ -52,6 +57,6 @@ def build_loaded_network(net_opt, model_path):
         net = build_network(dict(net_opt))
     except (TypeError, ValueError) as err:
         raise NetworkArgError(f'network {net_opt}: {err}') from err
-    load_weights(net, model_path)
+    load_weights(net, model_path, missing_ok(net) if missing_ok else ())
     return net.eval()
 
