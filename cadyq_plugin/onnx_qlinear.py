@@ -8,11 +8,12 @@ which a batch of one image has (a selector's choice is then one number). So for 
 each integer conv whose float output is requantized by a fixed quantizer, i.e. the chain
 
     codes -> ConvInteger -> Cast -> Mul(scale) [-> Add(bias)] [-> Relu] [-> DepthToSpace]
-          -> Clip(-a, a) -> Div(a) -> Mul(q) -> Round -> Add(128) -> Cast(uint8) -> next codes
+          -> Div(a) -> Clip(-1, 1) -> Mul(q) -> Round -> Add(128) -> Cast(uint8) -> next codes
 
-(the shape :func:`~cadyq_plugin.deploy.export_onnx` gives it; the exporter may merge a ReLU into the Clip), by
-``QLinearConv`` with the quantizer's ``a / q`` as output scale, a ``Clip`` of the codes to the float Clip's bounds
-as codes (``128 +- q``, not below 128 after a ReLU) and the pixel shuffle on the codes. The bias becomes int32 at the
+(the shape :func:`~cadyq_plugin.deploy.export_onnx` gives it; the exporter may merge a ReLU into the Clip; the
+order ``Clip(-a, a) -> Div(a)`` of earlier versions is recognised too), by ``QLinearConv`` with the quantizer's
+``a / q`` as output scale, a ``Clip`` of the codes to the float Clip's bounds as codes (``128 +- q``, not below 128
+after a ReLU) and the pixel shuffle on the codes. The bias becomes int32 at the
 input x weight scale (a rounding of the bias far below one output level). The other convs keep ``ConvInteger``.
 """
 import numpy as np
@@ -39,6 +40,8 @@ def _quantization_inputs(producer, codes):
     rnd = producer.get(add.input[0]) if add is not None and add.op_type == 'Add' else None
     mul = producer.get(rnd.input[0]) if rnd is not None and rnd.op_type == 'Round' else None
     div = producer.get(mul.input[0]) if mul is not None and mul.op_type == 'Mul' else None
+    if div is not None and div.op_type == 'Clip':  # x / a clipped to [-1, 1], then * q
+        div = producer.get(div.input[0])
     if div is None or div.op_type != 'Div':
         return None
     return div.input[1], mul.input[1]
@@ -67,7 +70,7 @@ def rewrite_qlinear(model, net):
         packed = getattr(getattr(module, 'int8_kernel', None), '_weight', None)
         if quant_in is None or chain is None or packed is None:
             continue
-        nodes, relu, shuffle, (alpha_out, q_out), codes_out, (clip_min, clip_max) = chain
+        nodes, relu, shuffle, (alpha_out, q_out), codes_out, (clip_min, clip_max), in_alphas = chain
         prefix = f'qlinear_{count}'
         alpha_in, q_in = quant_in
         integer = packed.integer
@@ -95,13 +98,16 @@ def rewrite_qlinear(model, net):
         new_nodes.append(helper.make_node('QLinearConv', inputs, [f'{prefix}_codes'], strides=integer.stride,
                                           pads=list(integer.padding) * 2, dilations=integer.dilation,
                                           group=integer.groups))
-        # the float Clip's bounds (the quantizer's range, maybe merged with a ReLU) as codes: round(b / a * q) + 128,
+        # the float Clip's bounds (the quantizer's range, maybe merged with a ReLU) as codes: round(b / a * q) + 128
+        # (round(b * q) + 128 for bounds in units of a),
         # and not below 128 after a ReLU
         half = const(f'{prefix}_128', np.array(128, np.float32))
         bounds = []
         for which, bound in (('lo', clip_min), ('hi', clip_max)):
-            new_nodes += [helper.make_node('Div', [bound, alpha_out], [f'{prefix}_{which}_u']),
-                          helper.make_node('Mul', [f'{prefix}_{which}_u', q_out], [f'{prefix}_{which}_l']),
+            unit = bound if in_alphas else f'{prefix}_{which}_u'
+            if not in_alphas:
+                new_nodes.append(helper.make_node('Div', [bound, alpha_out], [unit]))
+            new_nodes += [helper.make_node('Mul', [unit, q_out], [f'{prefix}_{which}_l']),
                           helper.make_node('Round', [f'{prefix}_{which}_l'], [f'{prefix}_{which}_r']),
                           helper.make_node('Add', [f'{prefix}_{which}_r', half], [f'{prefix}_{which}_c'])]
             code = f'{prefix}_{which}_c'
@@ -134,8 +140,8 @@ def rewrite_qlinear(model, net):
 
 def _float_chain(consumers, name):
     """The nodes from a ConvInteger's output to the codes of the quantizer that requantizes it (see the module
-    docstring): ``(nodes, relu, depth_to_space node, (alpha, q), codes, (clip min, clip max))``, or None for any
-    other consumer."""
+    docstring): ``(nodes, relu, depth_to_space node, (alpha, q), codes, (clip min, clip max), whether the bounds are
+    in units of alpha)``, or None for any other consumer."""
     nodes = []
     node = _only_consumer(consumers, name, 'Cast')
     if node is None:
@@ -155,15 +161,22 @@ def _float_chain(consumers, name):
             relu = relu or optional == 'Relu'
             shuffle = follower[0] if optional == 'DepthToSpace' else shuffle
     clip = _only_consumer(consumers, nodes[-1].output[0], 'Clip')
-    div = _only_consumer(consumers, clip.output[0], 'Div') if clip is not None else None
-    mul = _only_consumer(consumers, div.output[0], 'Mul') if div is not None else None
+    if clip is not None:  # Clip(-a, a) -> Div(a): bounds in the input's unit
+        div = _only_consumer(consumers, clip.output[0], 'Div')
+        after_clip, in_alphas = div, False
+    else:  # Div(a) -> Clip(-1, 1): bounds in units of a
+        div = _only_consumer(consumers, nodes[-1].output[0], 'Div')
+        clip = _only_consumer(consumers, div.output[0], 'Clip') if div is not None else None
+        after_clip, in_alphas = clip, True
+    mul = _only_consumer(consumers, after_clip.output[0], 'Mul') if after_clip is not None else None
     rnd = _only_consumer(consumers, mul.output[0], 'Round') if mul is not None else None
     add = _only_consumer(consumers, rnd.output[0], 'Add') if rnd is not None else None
     cast = _only_consumer(consumers, add.output[0], 'Cast') if add is not None else None
     if cast is None or len(clip.input) < 3 or not clip.input[1] or not clip.input[2]:
         return None
-    nodes += [clip, div, mul, rnd, add, cast]
-    return nodes, relu, shuffle, (div.input[1], mul.input[1]), cast.output[0], (clip.input[1], clip.input[2])
+    nodes += [clip, div, mul, rnd, add, cast] if not in_alphas else [div, clip, mul, rnd, add, cast]
+    return (nodes, relu, shuffle, (div.input[1], mul.input[1]), cast.output[0], (clip.input[1], clip.input[2]),
+            in_alphas)
 
 
 def _topological(nodes, graph):

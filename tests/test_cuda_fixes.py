@@ -153,14 +153,16 @@ def test_infer_device_choice(monkeypatch, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ 7. the step guard
-def test_fused_optimizers_on_cuda_unless_the_options_choose():
+def test_fused_optimizers_on_cpu_and_cuda_unless_the_options_choose():
     param = torch.nn.Parameter(torch.zeros(2))
     cuda = torch.device('cuda', 0)
     assert make_optimizer('Adam', [{'params': [param]}], cuda).defaults['fused'] is True
     assert make_optimizer('AdamW', [{'params': [param]}], cuda).defaults['fused'] is True
+    assert make_optimizer('SGD', [{'params': [param], 'lr': 0.1}], torch.device('cpu')).defaults['fused'] is True
     assert not make_optimizer('Adam', [{'params': [param], 'foreach': True}], cuda).defaults['fused']
-    assert not make_optimizer('Adam', [{'params': [param]}], torch.device('cpu')).defaults['fused']
-    assert not make_optimizer('RMSprop', [{'params': [param]}], cuda).defaults.get('fused')
+    assert not make_optimizer('Adam', [{'params': [param]}], torch.device('mps')).defaults['fused']
+    rmsprop = make_optimizer('RMSprop', [{'params': [param]}], cuda).defaults
+    assert not rmsprop.get('fused') and rmsprop['foreach'] is True
 
 
 def guarded_steps(grads, max_bad_steps, fused=True):

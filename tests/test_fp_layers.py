@@ -65,6 +65,21 @@ def test_every_fp_conv_gets_8_bit_weights_and_an_input_range(arch):
     assert set(fp.state_dict()) == set(build_network({'type': arch, 'quant_mode': 'fp', **TINY[arch]}).state_dict())
 
 
+def test_training_quantizes_fp_layer_weights_per_channel_and_the_others_per_tensor():
+    """In a training forward the per-tensor weights are quantized together (one multi-tensor computation); the
+    8-bit FP layers keep a scale per output channel: each conv sees what ``quantize_weight`` gives it alone."""
+    from cadyq_plugin.quant.weight_quant import quantize_weight, weights_quantized_together
+    net = build_network({'type': 'EDSR_CADyQ', 'fp_layer_bits': 8, **TINY['EDSR_CADyQ']}).train()
+    convs = {name: m for name, m in net.named_modules() if isinstance(m, WeightQuantized)}
+    with weights_quantized_together(net.modules()):
+        for name, conv in convs.items():
+            expected = quantize_weight(conv.weight, conv.w_bits, conv.w_channel_dim)
+            assert torch.equal(conv.quantized_weight(), expected), name
+            assert (conv.prequantized is None) == (name in FP_LAYERS['EDSR_CADyQ']), name
+    per_channel = net.get_submodule(sorted(FP_LAYERS['EDSR_CADyQ'])[0])
+    assert not torch.equal(per_channel.quantized_weight(), quantize_weight(per_channel.weight, 8))
+
+
 def test_fp_layer_bits_is_checked():
     with pytest.raises(ValueError, match='fp_layer_bits must be null'):
         build_network({'type': 'EDSR_CADyQ', 'fp_layer_bits': 16, **TINY['EDSR_CADyQ']})

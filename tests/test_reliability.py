@@ -370,7 +370,9 @@ def test_a_non_finite_step_is_skipped_and_undone_even_during_calibration(tmp_pat
     after = snapshot(model)
     assert all(torch.equal(before[k], after[k]) for k in before), 'weights, ranges and buffers unchanged'
     assert all(p.grad is None for p in model.net_g.parameters()), 'gradients cleared'
-    assert all(not s for o in model.optimizers for s in o.state.values()), 'no optimizer state was created'
+    # a fused optimizer (Adam on the CPU and CUDA) creates its state before it reads found_inf: that of no step
+    assert all(not s or (float(s['step']) == 0 and not any(t.any() for k, t in s.items() if k != 'step'))
+               for o in model.optimizers for s in o.state.values()), 'the optimizers took no step'
     assert model.step_guard.bad_steps == 1
     assert any('iter 1: non-finite loss or gradient (l_pix=nan' in m and 'step skipped' in m
                for m in basicsr_warnings)

@@ -15,6 +15,7 @@ from cadyq_plugin.data.paired_dataset import DataError
 from cadyq_plugin.distributed import LaunchError
 from cadyq_plugin.errors import InputError, InputNotFoundError, OutputExistsError, UserError
 from cadyq_plugin.experiment import ExperimentError
+from cadyq_plugin.models.compiling import NetworkCompileError
 from cadyq_plugin.models.step_guard import TrainingDivergedError
 from cadyq_plugin.quant.int8 import Int8BackendError
 from cadyq_plugin.tools import export_cli, infer_cli
@@ -28,7 +29,8 @@ USER_ERRORS = {
     BitopsError: ValueError, NetworkArgError: ValueError, InputError: ValueError, DataError: RuntimeError,
     ExperimentError: RuntimeError, TrainingDivergedError: RuntimeError, LaunchError: RuntimeError,
     Int8BackendError: RuntimeError, PartialOutputError: RuntimeError, StaleOutputError: RuntimeError,
-    QuickstartError: RuntimeError, InputNotFoundError: FileNotFoundError, OutputExistsError: FileExistsError,
+    QuickstartError: RuntimeError, NetworkCompileError: RuntimeError, InputNotFoundError: FileNotFoundError,
+    OutputExistsError: FileExistsError,
 }
 
 

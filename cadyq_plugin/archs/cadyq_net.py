@@ -5,6 +5,7 @@ import torch.nn as nn
 
 from cadyq_plugin.quant import ActQuantFactory, BitRecord, assign_selector_indices, image_gradient_feature, set_backend
 from cadyq_plugin.quant.int8 import check_backend
+from cadyq_plugin.quant.weight_quant import weights_quantized_together
 
 # The arguments that set how a network is quantized, not its backbone: a teacher may differ from its student in them
 QUANT_ARGS = ('quant_mode', 'w_bits', 'a_bits', 'bits', 'calib_iters', 'grad_scale', 'backend', 'fp_layer_bits')
@@ -55,7 +56,11 @@ class CADyQNet(nn.Module):
         if self.backend == 'int8' and not self.training and not torch.compiler.is_exporting():
             x = x.contiguous(memory_format=torch.channels_last)  # oneDNN's int8 convs work and answer in it
         record = BitRecord(feature, x.shape[0], x.device)
-        sr, body, feats = self.forward_features(x, record)
+        if torch.compiler.is_compiling() or not self.quant.quantized:
+            sr, body, feats = self.forward_features(x, record)
+        else:  # eager: all quantized weights in a few multi-tensor operations
+            with weights_quantized_together(self.modules()):
+                sr, body, feats = self.forward_features(x, record)
         if not return_aux:
             return sr
         selector_weighted = record.selector_weighted_bits()

@@ -26,7 +26,7 @@ from cadyq_plugin.config_check.launch import check_devices, check_launch
 from cadyq_plugin.config_check.model_type import check_name_and_model
 from cadyq_plugin.config_check.network import check_networks, check_scale, check_teacher
 from cadyq_plugin.config_check.paths import check_paths
-from cadyq_plugin.config_check.training import check_train
+from cadyq_plugin.config_check.training import check_compile, check_train
 from cadyq_plugin.config_check.validation import check_val
 from cadyq_plugin.errors import UserError
 from cadyq_plugin.problems import Problems, did_you_mean, show
@@ -74,5 +74,6 @@ def check_options(opt, yml_path, phase='train', resuming=False, check_files=True
         check_train(opt, problems)
     check_val(opt, phase, student, problems)
     check_bit_budget(opt, phase, student, problems)
+    check_compile(opt, problems)
     if problems:
         raise ConfigError(yml_path, problems)

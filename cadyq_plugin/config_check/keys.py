@@ -6,11 +6,11 @@ import inspect
 from cadyq_plugin import determinism, distributed, inference
 from cadyq_plugin.config_check import basicsr_keys
 from cadyq_plugin.data import paired_dataset
-from cadyq_plugin.models import cadyq_model, sr_model
+from cadyq_plugin.models import cadyq_model, compiling, sr_model
 from cadyq_plugin.problems import did_you_mean
 from cadyq_plugin.registries import lookup
 
-READERS = (basicsr_keys, sr_model, cadyq_model, inference, determinism, distributed)
+READERS = (basicsr_keys, sr_model, cadyq_model, compiling, inference, determinism, distributed)
 DATASET_KEYS = {'CADyQPairedImageDataset': set(basicsr_keys.PAIRED_DATASET_KEYS) | set(paired_dataset.OPTION_KEYS),
                 'PairedImageDataset': set(basicsr_keys.PAIRED_DATASET_KEYS)}
 

@@ -1,9 +1,10 @@
-"""The ``train`` section (iterations, optimizers, scheduler, losses) and the frequencies of logging, checkpoints
-and validation."""
+"""The ``train`` section (iterations, optimizers, scheduler, losses), the frequencies of logging, checkpoints and
+validation, and ``train.compile`` / ``val.compile``."""
 from cadyq_plugin.config_check.basicsr_keys import SCHEDULERS
 from cadyq_plugin.config_check.keys import check_unknown_keys
-from cadyq_plugin.config_check.model_type import is_cadyq_model, needs_pixel_or_perceptual_loss
+from cadyq_plugin.config_check.model_type import CADYQ_MODELS, is_cadyq_model, needs_pixel_or_perceptual_loss
 from cadyq_plugin.losses import ATLoss, BitLoss
+from cadyq_plugin.models.compiling import check_compile_value
 from cadyq_plugin.models.step_guard import DEFAULT_MAX_BAD_STEPS
 from cadyq_plugin.problems import did_you_mean, is_count
 
@@ -55,3 +56,17 @@ def _check_optimizers(opt, train, problems):
     elif optim_g['type'] != 'Adam':
         problems.add('train.optim_g.type', optim_g['type'], f"expected 'Adam' (the only optimizer BasicSR's "
                      f"{opt.get('model_type')} builds)")
+
+
+def check_compile(opt, problems):
+    """``train.compile`` / ``val.compile``: a valid value, and a model that reads it (the plugin's)."""
+    for section in ('train', 'val'):
+        options = opt.get(section)
+        if not isinstance(options, dict) or options.get('compile') is None:
+            continue
+        expected = check_compile_value(options['compile'])
+        if expected:
+            problems.add(f'{section}.compile', options['compile'], expected)
+        elif options['compile'] is not False and not is_cadyq_model(opt):
+            problems.add(f'{section}.compile', options['compile'], f'expected false (only the plugin\'s models, '
+                         f'{" and ".join(CADYQ_MODELS)}, compile their networks; {opt.get("model_type")} does not)')

@@ -1,4 +1,5 @@
 """Attention-transfer distillation from the teacher's body output and block features (docs/method.md#training)."""
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
@@ -14,6 +15,18 @@ def attention_transfer(x_student, x_teacher):
     return (attention_map(x_student) - attention_map(x_teacher)).pow(2).mean()
 
 
+def attention_transfers(students, teachers):
+    """``[attention_transfer(s, t) for s, t in zip(students, teachers)]`` as one tensor, computed on the stacked
+    maps of all pairs whose maps have one size (every block of a backbone, usually): a few operations for all
+    blocks instead of a dozen per block."""
+    maps = [(x_s.pow(2).mean(dim=1).flatten(1), x_t.pow(2).mean(dim=1).flatten(1))
+            for x_s, x_t in zip(students, teachers)]
+    if len({m_s.shape for m_s, _ in maps} | {m_t.shape for _, m_t in maps}) != 1:
+        return torch.stack([(F.normalize(m_s, dim=1) - F.normalize(m_t, dim=1)).pow(2).mean() for m_s, m_t in maps])
+    stacked_s, stacked_t = (torch.stack([pair[i] for pair in maps]) for i in (0, 1))
+    return (F.normalize(stacked_s, dim=2) - F.normalize(stacked_t, dim=2)).pow(2).mean(dim=(1, 2))
+
+
 @LOSS_REGISTRY.register()
 class ATLoss(nn.Module):
     """``loss_weight * (AT(body) + feature_weight * sum_blocks AT(f))``; reference 1e3 and 0.1."""
@@ -27,8 +40,7 @@ class ATLoss(nn.Module):
         if len(feats_student) != len(feats_teacher):
             raise ValueError(f'student has {len(feats_student)} block features, teacher {len(feats_teacher)}: '
                              'distillation needs the same backbone')
-        loss = attention_transfer(body_student, body_teacher)
-        if self.feature_weight:
-            loss = loss + self.feature_weight * sum(
-                attention_transfer(fs, ft) for fs, ft in zip(feats_student, feats_teacher))
-        return self.loss_weight * loss
+        if not self.feature_weight:
+            return self.loss_weight * attention_transfer(body_student, body_teacher)
+        transfers = attention_transfers([body_student] + list(feats_student), [body_teacher] + list(feats_teacher))
+        return self.loss_weight * (transfers[0] + self.feature_weight * transfers[1:].sum())

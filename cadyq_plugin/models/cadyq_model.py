@@ -51,7 +51,7 @@ class CADyQModel(CADyQSRModel):
         net_t.eval()
         for param in net_t.parameters():
             param.requires_grad_(False)
-        return net_t
+        return self.network_compiler.prepare(net_t, f'teacher {type(net_t).__name__} (network_t)', 'train')
 
     def init_training_settings(self):
         train_opt = self.opt['train']

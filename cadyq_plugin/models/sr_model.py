@@ -27,6 +27,7 @@ the teacher, the distillation and the bit loss. Beyond ``SRModel``:
   never changes the generators training draws from; FAB/BitOPs metrics, bit maps, TensorBoard bit histograms and
   results tables.
 """
+import inspect
 from collections import OrderedDict
 from os import path as osp
 
@@ -44,6 +45,7 @@ from cadyq_plugin.deploy import INT8_KEY, load_int8_state_dict
 from cadyq_plugin.distributed import get_dist_info, wrap_model
 from cadyq_plugin.inference import super_resolve
 from cadyq_plugin.metrics import MACCounter
+from cadyq_plugin.models.compiling import NetworkCompiler, compiled_training_step
 from cadyq_plugin.models.loss_log import LossLog
 from cadyq_plugin.models.stage_loading import load_stage_weights
 from cadyq_plugin.models.step_guard import DEFAULT_MAX_BAD_STEPS, StepGuard, checkpoint_dirs, skips_on_device
@@ -74,6 +76,10 @@ class CADyQSRModel(SRModel):
 
     # ----------------------------------------------------------------- networks
     def model_to_device(self, net):
+        """Also compiles the student in place when training compiles (``train.compile``, see :mod:`compiling`)."""
+        if not hasattr(self, 'network_compiler'):
+            self.network_compiler = NetworkCompiler(self.opt, self.device)
+        self.network_compiler.prepare(net, f'student {type(net).__name__} (network_g)', 'train')
         return wrap_model(net, self.opt, self.device)
 
     @property
@@ -212,6 +218,7 @@ class CADyQSRModel(SRModel):
             get_root_logger().info('The optimizers cannot skip a non-finite step on the device (only fused Adam, '
                                    'AdamW and SGD can): the CPU reads the step guard\'s flag every iteration')
 
+    @compiled_training_step
     def optimize_parameters(self, current_iter):
         """One training step (see the module doc): losses of :meth:`compute_losses`, the step guard, EMA."""
         net = self.get_bare_model(self.net_g)
@@ -277,10 +284,12 @@ class CADyQSRModel(SRModel):
         net = getattr(self, 'net_g_ema', None)
         if net is None:
             net = self.get_bare_model(self.net_g)
+        self.network_compiler.prepare(net, f'{type(net).__name__} (inference)', 'val')
         was_training = net.training
         net.eval()
         patchwise = (self.opt.get('val') or {}).get('patchwise')
-        self.output, self.forwards, self.regions = super_resolve(net, self.lq, patchwise, self.mac_counter)
+        with self.network_compiler.running('val', 'the first inference'):
+            self.output, self.forwards, self.regions = super_resolve(net, self.lq, patchwise, self.mac_counter)
         net.train(was_training)
 
     def static_bits(self):
@@ -395,16 +404,23 @@ def keep_implementation(optimizer):
                 optimizer.state[param]['step'] = step.to(param.device if on_device else 'cpu', torch.float32)
 
 
-FUSED_ON_CUDA = ('Adam', 'AdamW', 'SGD')  # torch.optim classes with a fused CUDA step that honours found_inf
+FUSED_OPTIMIZERS = ('Adam', 'AdamW', 'SGD')  # torch.optim classes with a fused CPU and CUDA step that honours found_inf
 
 
 def make_optimizer(optim_type, groups, device=None):
-    """A ``torch.optim`` optimizer by class name over parameter ``groups``; on CUDA, Adam, AdamW and SGD run
-    fused unless the options choose an implementation (``fused`` / ``foreach``)."""
+    """A ``torch.optim`` optimizer by class name over parameter ``groups``. Adam, AdamW and SGD run fused on the CPU
+    and CUDA (one operation per step instead of several per parameter: CADyQ networks have hundreds of small
+    parameters, every quantizer's range; on CUDA the fused step also skips a non-finite step without a host sync,
+    see :mod:`step_guard`), other classes multi-tensor (``foreach``). The fused update is the same formula; it may
+    round differently in the last bit. Options that choose an implementation (``fused`` / ``foreach``) keep it."""
     optim_cls = getattr(torch.optim, optim_type, None)
     if optim_cls is None or not isinstance(optim_cls, type):
         raise ValueError(f'unknown optimizer type {optim_type!r}; use a torch.optim class name such as Adam')
-    chosen = any(key in group for group in groups for key in ('fused', 'foreach'))
-    kwargs = {'fused': True} if device is not None and device.type == 'cuda' and optim_type in FUSED_ON_CUDA and \
-        not chosen else {}
-    return optim_cls(groups, **kwargs)
+    if any(key in group for group in groups for key in ('fused', 'foreach')):
+        return optim_cls(groups)
+    device_type = 'cpu' if device is None else torch.device(device).type
+    if optim_type in FUSED_OPTIMIZERS and device_type in ('cpu', 'cuda'):
+        return optim_cls(groups, fused=True)
+    if 'foreach' in inspect.signature(optim_cls).parameters:
+        return optim_cls(groups, foreach=True)
+    return optim_cls(groups)

@@ -56,15 +56,17 @@ def _grads(optimizers):
 
 
 def _all_finite(tensors, device):
-    """One boolean tensor on ``device``: every element of every tensor is finite."""
-    tensors = [t.detach() for t in tensors if t is not None and t.numel()]
+    """One boolean tensor on ``device``: every element of every tensor is finite (computed without gradient
+    rather than on detached copies: one operation less per tensor, and a CADyQ network has hundreds)."""
+    tensors = [t for t in tensors if t is not None and t.numel()]
     if not tensors:
         return torch.ones((), dtype=torch.bool, device=device)
-    foreach_norm = getattr(torch, '_foreach_norm', None)
-    norms = foreach_norm(tensors) if foreach_norm is not None else [t.float().norm() for t in tensors]
-    # the norm of a tensor is finite iff all its elements are (a huge but finite gradient whose norm
-    # overflows counts as bad too: Adam would turn it into garbage anyway)
-    return torch.isfinite(torch.stack([n.float().to(device) for n in norms])).all()
+    with torch.no_grad():
+        foreach_norm = getattr(torch, '_foreach_norm', None)
+        norms = foreach_norm(tensors) if foreach_norm is not None else [t.float().norm() for t in tensors]
+        # the norm of a tensor is finite iff all its elements are (a huge but finite gradient whose norm
+        # overflows counts as bad too: Adam would turn it into garbage anyway)
+        return torch.isfinite(torch.stack([n.float().to(device) for n in norms])).all()
 
 
 def skips_on_device(optimizer):

@@ -3,8 +3,9 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from cadyq_plugin.quant.act_quant import PAMSQuant, batch_max_abs, dot_to_shape, levels, quantized_level
+from cadyq_plugin.quant.act_quant import PAMSQuant, calibrate, chosen_value, levels, mixture_gradients
 
 CANDIDATE_BITS = (2, 8)  # the lowest and highest candidate bit-width a selector may hold
 
@@ -20,67 +21,67 @@ def check_candidate_bits(bits):
     return values
 
 
-class _SelectQuantize(torch.autograd.Function):
-    """Forward: each sample quantized at its chosen candidate only. Backward: the gradient of the
-    probability-weighted mixture ``sum_k p_k Q_k(x)`` (straight-through selection, docs/method.md#bit-selector).
-
-    Both directions share the PAMS expression of :mod:`act_quant`; the mixture is never materialised in the
-    forward, so inference and training produce bit-identical outputs and the forward costs one quantization.
-    """
-
-    @staticmethod
-    def forward(ctx, x, alphas, qs, choice, probs, clip_range):
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        alpha, q = alphas[choice].view(shape), qs[choice].view(shape)
-        y = quantized_level(x, alpha, q, clip_range).mul_(alpha)
-        ctx.save_for_backward(x, alphas, qs, probs)
-        ctx.clip = clip_range
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        """Per candidate k, with per-sample dot products ``<., .>_b`` (no product temporaries):
-        dL/dp_k[b] = <g, Q_k>_b; dL/dalpha_k = sum_b p_k[b] (<g, Q_k>_b - <g * [|x| <= a_k], x>_b) / a_k;
-        dL/dx = sum_k p_k * g * [|x| <= a_k] (just g without clipping, as sum_k p_k = 1)."""
-        x, alphas, qs, probs = ctx.saved_tensors
-        batch = (x.shape[0],)
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        grad_alphas = torch.zeros_like(alphas)
-        grad_probs = torch.zeros_like(probs)
-        x_abs = x.abs() if ctx.clip else None
-        grad_x = torch.zeros_like(x) if ctx.clip else grad_y.clone()
-        for k in range(alphas.numel()):
-            a, q, p_k = alphas[k], qs[k], probs[:, k]
-            q_k = quantized_level(x, a, q, ctx.clip).mul_(a)
-            grad_probs[:, k] = dot_to_shape(grad_y, q_k, batch)
-            passed = torch.where(x_abs <= a, grad_y, 0.0) if ctx.clip else grad_y
-            grad_alphas[k] = (p_k * (grad_probs[:, k] - dot_to_shape(passed, x, batch))).sum() / a
-            if ctx.clip:
-                grad_x.add_(passed.mul_(p_k.view(shape)))
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_alphas, None, None, grad_probs, None
-
-
 def layer_std(x):
     """Unbiased std over H, W per sample and channel, ``[B, C]`` (two-pass; torch.std is slow on the CPU).
 
     A channels-last ``x`` (the int8 backend's layout) is reduced as ``[B, H*W, C]`` without a layout copy; the
     result differs from the NCHW reduction only by float round-off.
     """
-    x = x.detach()
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        flat = x.permute(0, 2, 3, 1).flatten(1, 2)
-        centered = flat - flat.mean(dim=1, keepdim=True)
-        return centered.mul_(centered).sum(dim=1).sqrt_() / _sqrt_count(flat.shape[1] - 1)
-    flat = x.flatten(2)
-    centered = flat - flat.mean(dim=2, keepdim=True)
-    return torch.linalg.vector_norm(centered, dim=2) / _sqrt_count(flat.shape[2] - 1)
+    with torch.no_grad():
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            flat = x.permute(0, 2, 3, 1).flatten(1, 2)
+            centered = flat - flat.mean(dim=1, keepdim=True)
+            return centered.mul_(centered).sum(dim=1).sqrt_() / _sqrt_count(flat.shape[1] - 1, x.dtype)
+        pixels = tuple(range(2, x.dim()))
+        centered = x - x.mean(dim=pixels, keepdim=True)
+        return torch.linalg.vector_norm(centered, dim=pixels) / _sqrt_count(math.prod(x.shape[2:]) - 1, x.dtype)
 
 
-def _sqrt_count(n):
-    """``sqrt(n)`` of a pixel count: a float, or a graph value in an exported graph (where ``n`` is symbolic)."""
-    if torch.compiler.is_exporting():
-        return torch.scalar_tensor(n, dtype=torch.float32).sqrt()
+def _sqrt_count(n, dtype):
+    """``sqrt(n)`` of a pixel count: a float, or a graph value of ``dtype`` in a compiled or exported graph (where
+    ``n`` may be symbolic); both round to the same ``dtype`` number."""
+    if torch.compiler.is_compiling():
+        return torch.scalar_tensor(n, dtype=dtype).sqrt()
     return math.sqrt(n)
+
+
+def select(x, feature, weight, bias):
+    """The selector's choice: ``(inputs, probs, choice)`` for the linear layer's ``inputs = [feature, std(x)]``."""
+    inputs = torch.cat([feature, layer_std(x)], dim=1)
+    logits = F.linear(inputs, weight, bias)
+    return inputs, torch.softmax(logits, dim=1), logits.argmax(dim=1)
+
+
+class _SelectAndQuantize(torch.autograd.Function):
+    """A whole bit selector as one autograd node: layer statistic, linear layer, softmax and argmax, and each
+    sample quantized by its chosen candidate; the backward is the PAMS mixture's (:func:`mixture_gradients`, all K
+    candidates in one reduction) followed by the softmax's and the linear layer's. One node instead of a dozen
+    keeps the selector at a few dozen operations per step, forward and backward, whatever K.
+
+    Outputs ``(y, probs, choice)``; ``probs`` also receives the gradient of the bits computed from it."""
+
+    @staticmethod
+    def forward(ctx, x, feature, weight, bias, qs, clip_range, *alphas):
+        inputs, probs, choice = select(x, feature, weight, bias)
+        alphas = torch.cat(alphas)
+        y = chosen_value(x, alphas, qs, choice, clip_range)
+        ctx.save_for_backward(x, inputs, alphas, qs, probs)
+        ctx.clip = clip_range
+        ctx.mark_non_differentiable(choice)
+        ctx.set_materialize_grads(False)  # no zero tensors for outputs without gradient (choice, unused bits)
+        return y, probs, choice
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_probs, grad_choice):
+        x, inputs, alphas, qs, probs = ctx.saved_tensors
+        if grad_y is None:
+            grad_y = torch.zeros_like(x)
+        grad_x, grad_alphas, grad_mixture = mixture_gradients(grad_y, x, alphas, qs, probs, None, ctx.clip)
+        if grad_probs is not None:
+            grad_mixture = grad_mixture + grad_probs
+        grad_logits = torch.ops.aten._softmax_backward_data(grad_mixture, probs, 1, probs.dtype)
+        return (grad_x, None, grad_logits.t().mm(inputs), grad_logits.sum(dim=0), None, None,
+                *grad_alphas.split(1))
 
 
 class BitSelector(nn.Module):
@@ -107,25 +108,23 @@ class BitSelector(nn.Module):
         self.int8_codes = None
 
     def forward(self, x, record):
-        sigma = layer_std(x)
-        logits = self.fc(torch.cat([record.image_feature, sigma], dim=1))
-        choice = logits.argmax(dim=1)
-        probs = torch.softmax(logits, dim=1)
-        calibrate = self.training and self.calibrating
-        if calibrate:
-            max_val = batch_max_abs(x)
-            for quantizer in self.quantizers:
-                quantizer.max_val.copy_(max_val)
-                quantizer.alpha.data.copy_(max_val.reshape(1))
-        alphas = torch.cat([quantizer.alpha for quantizer in self.quantizers])
-        if self.int8_codes is not None and not self.training:
-            shape = (-1,) + (1,) * (x.dim() - 1)
-            y = self.int8_codes(x, alphas[choice].view(shape), self.levels[choice].view(shape))
+        calibrating = self.training and self.calibrating
+        if calibrating:
+            calibrate(self.quantizers, x)
+        int8 = self.int8_codes is not None and not self.training
+        if torch.is_grad_enabled() and not int8:
+            y, probs, choice = _SelectAndQuantize.apply(x, record.image_feature, self.fc.weight, self.fc.bias,
+                                                        self.levels, not calibrating,
+                                                        *(quantizer.alpha for quantizer in self.quantizers))
         else:
-            y = _SelectQuantize.apply(x, alphas, self.levels, choice, probs, not calibrate)
-        expected = probs @ self.bit_values
-        chosen = self.bit_values[choice] + (expected - expected.detach())
-        record.add(self.index, chosen, expected)
+            _, probs, choice = select(x, record.image_feature, self.fc.weight, self.fc.bias)
+            alphas = torch.cat([quantizer.alpha for quantizer in self.quantizers])
+            if int8:
+                shape = (-1, ) + (1, ) * (x.dim() - 1)
+                y = self.int8_codes(x, alphas[choice].view(shape), self.levels[choice].view(shape))
+            else:
+                y = chosen_value(x, alphas, self.levels, choice, not calibrating)
+        record.add(self.index, choice, probs, self.bit_values)
         return y
 
     def bit_spec(self):

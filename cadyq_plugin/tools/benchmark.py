@@ -1,19 +1,29 @@
 """Speed and memory of CADyQ against its FP and PAMS baselines, measured side by side in one run.
 
-Training: one optimisation step of the real models (SRModel for FP; CADyQModel with its teacher for PAMS and
-CADyQ), same batch and patch. Inference: eval forward of the CADyQ network vs the FP network. Patch-wise:
-throughput (patches/s) with batch 1 vs a larger batch, and the peak memory of a large image. Repetitions of
-the variants are interleaved so machine load affects them alike; the median is reported.
+Training: one optimisation step of the real models (CADyQSRModel for FP, as stage 1 trains it; CADyQModel with
+its teacher for PAMS and CADyQ), same batch and patch, each eager and compiled (``train.compile``); the
+operations one eager step dispatches (a dispatch recorder), with BasicSR's own SRModel FP step as a second
+reference. Inference: eval forward of the CADyQ network vs the FP network. Patch-wise: throughput (patches/s)
+with batch 1 vs a larger batch, and the peak memory of a large image. Repetitions of the variants are
+interleaved so machine load affects them alike; the median is reported.
 """
 import argparse
 import os
 import statistics
 import tempfile
 import time
+from collections import Counter
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-TARGETS = {'pams_train': 1.6, 'cadyq_train': 2.5, 'cadyq_infer': 1.3}
+from cadyq_plugin.models.compiling import allow_many_compiled_networks
+
+TARGETS = {'pams_train': 1.6, 'cadyq_train': 1.6, 'cadyq_train_compiled': 1.3, 'cadyq_ops': 3.0, 'cadyq_infer': 1.3}
+TARGET_TEXT = {'pams_train': 'eager PAMS step / eager FP step', 'cadyq_train': 'eager CADyQ step / eager FP step',
+               'cadyq_train_compiled': 'compiled CADyQ step / eager FP step',
+               'cadyq_ops': "eager CADyQ step's operations / BasicSR FP step's", 'cadyq_infer': 'CADyQ / FP inference'}
+MODES = ('fp', 'pams', 'cadyq')
 DEFAULT_BACKBONES = ('EDSR_CADyQ', 'CARN_CADyQ', 'IDN_CADyQ', 'SRResNet_CADyQ')
 
 
@@ -22,8 +32,9 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _model_opt(network, mode, device, workdir, teacher_path=None, init_path=None):
-    """Options of the ``mode`` model of ``network`` (a ``network_g`` section without ``quant_mode``)."""
+def _model_opt(network, mode, device, workdir, teacher_path=None, init_path=None, compile_mode=False):
+    """Options of the ``mode`` model of ``network`` (a ``network_g`` section without ``quant_mode``);
+    ``compile_mode`` is ``train.compile`` (False: eager)."""
     opt = {
         'name': f'bench_{mode}', 'num_gpu': 1 if device.type == 'cuda' else 0, 'is_train': True,
         'dist': False, 'rank': 0, 'world_size': 1,
@@ -36,6 +47,9 @@ def _model_opt(network, mode, device, workdir, teacher_path=None, init_path=None
         },
         'val': {'metrics': {}},
     }
+    if mode == 'fp':
+        opt['model_type'] = 'CADyQSRModel'
+    opt['train']['compile'] = compile_mode
     if mode != 'fp':
         opt['model_type'] = 'CADyQModel'
         opt['network_g']['calib_iters'] = 0
@@ -60,26 +74,83 @@ def network_label(network):
     return network['backbone']['type'] if network['type'] == 'CADyQWrapper' else network['type']
 
 
-def build_training_models(network, device, workdir):
-    """FP (SRModel), PAMS and CADyQ (CADyQModel) models of ``network`` with their teachers, ready to step."""
+def build_training_models(network, device, workdir, compile_mode=False, modes=MODES):
+    """FP (CADyQSRModel), PAMS and CADyQ (CADyQModel) models of ``network`` with their teachers, ready to step;
+    ``compile_mode`` is their ``train.compile``."""
     import cadyq_plugin  # noqa: F401
     from basicsr.archs import build_network
-    from basicsr.models.sr_model import SRModel
 
-    from cadyq_plugin.models import CADyQModel
+    from cadyq_plugin.models import CADyQModel, CADyQSRModel
     paths = {}
     for mode in ('fp', 'pams'):
         paths[mode] = os.path.join(workdir, f'{mode}.pth')
-        torch.save({'params': build_network(_network(network, mode)).state_dict()}, paths[mode])
-    return {
-        'fp': SRModel(_model_opt(network, 'fp', device, workdir)),
-        'pams': CADyQModel(_model_opt(network, 'pams', device, workdir, paths['fp'], paths['fp'])),
-        'cadyq': CADyQModel(_model_opt(network, 'cadyq', device, workdir, paths['pams'], paths['pams'])),
-    }
+        if not os.path.exists(paths[mode]):
+            torch.save({'params': build_network(_network(network, mode)).state_dict()}, paths[mode])
+    teachers = {'fp': (None, None), 'pams': (paths['fp'], paths['fp']), 'cadyq': (paths['pams'], paths['pams'])}
+    return {mode: (CADyQSRModel if mode == 'fp' else CADyQModel)(
+        _model_opt(network, mode, device, workdir, *teachers[mode], compile_mode=compile_mode)) for mode in modes}
 
 
-def interleaved_median(functions, repeats, warmup, device):
-    """Median seconds per call of each function, running them in turn ``repeats`` times."""
+def basicsr_fp_model(network, device, workdir):
+    """BasicSR's own SRModel on the FP network (its optimizer, no step guard): the reference FP step."""
+    from basicsr.models.sr_model import SRModel
+    opt = _model_opt(network, 'fp', device, workdir)
+    del opt['model_type'], opt['train']['compile']
+    return SRModel(opt)
+
+
+def training_data(batch, patch, scale):
+    generator = torch.Generator().manual_seed(0)
+    return {'lq': torch.rand(batch, 3, patch // scale, patch // scale, generator=generator),
+            'gt': torch.rand(batch, 3, patch, patch, generator=generator)}
+
+
+def training_step(model, data, current_iter=1000):
+    """One optimisation step (after calibration: ``calib_iters`` is 0 in these options)."""
+    model.feed_data(data)
+    model.optimize_parameters(current_iter)
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the operations dispatched to ATen kernels (every op, views included), by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self):
+        return sum(self.ops.values())
+
+
+def count_step_ops(model, data):
+    """Operations of one eager training step of ``model`` (after one unrecorded step, which creates the
+    optimizer state)."""
+    training_step(model, data)
+    counter = OpCounter()
+    with counter:
+        training_step(model, data)
+    return counter.total
+
+
+def step_op_counts(network, batch, patch, scale, device=torch.device('cpu')):
+    """Operations of one eager training step: FP, PAMS and CADyQ as benchmarked, and BasicSR's FP step."""
+    with tempfile.TemporaryDirectory() as workdir:
+        data = training_data(batch, patch, scale)
+        counts = {mode: count_step_ops(model, data)
+                  for mode, model in build_training_models(network, device, workdir).items()}
+        counts['fp_basicsr'] = count_step_ops(basicsr_fp_model(network, device, workdir), data)
+    return counts
+
+
+def interleaved_median(functions, repeats, warmup, device, statistic=statistics.median, clock=time.perf_counter):
+    """Median (or ``statistic``) seconds per call of each function, running them in turn ``repeats`` times;
+    ``clock`` is wall time, or ``time.process_time`` (this process's CPU time, which other jobs on a busy machine
+    do not inflate; with one thread it is the wall time of a quiet machine)."""
     for fn in functions.values():
         for _ in range(warmup):
             fn()
@@ -87,25 +158,71 @@ def interleaved_median(functions, repeats, warmup, device):
     for _ in range(repeats):
         for name, fn in functions.items():
             _sync(device)
-            start = time.perf_counter()
+            start = clock()
             fn()
             _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            times[name].append(clock() - start)
+    return {name: statistic(values) for name, values in times.items()}
 
 
-def bench_training(network, device, batch, patch, scale, repeats, warmup):
+def bench_training(network, device, batch, patch, scale, repeats, warmup, compiled=True, compile_mode=True,
+                   statistic=statistics.median, clock=time.perf_counter):
+    """Median (or ``statistic``) step time of FP, PAMS and CADyQ, eager and (``compiled``) compiled with
+    ``compile_mode``, interleaved;
+    returns ``({(kind, mode): seconds}, {mode: seconds of the first compiled step, compilation included})``."""
     with tempfile.TemporaryDirectory() as workdir:
-        models = build_training_models(network, device, workdir)
-        generator = torch.Generator().manual_seed(0)
-        data = {'lq': torch.rand(batch, 3, patch // scale, patch // scale, generator=generator),
-                'gt': torch.rand(batch, 3, patch, patch, generator=generator)}
+        models = {('eager', mode): model for mode, model in build_training_models(network, device, workdir).items()}
+        first = {}
+        if compiled:
+            for mode, model in build_training_models(network, device, workdir, compile_mode).items():
+                models[('compiled', mode)] = model
+                data = {k: v.to(device) for k, v in training_data(batch, patch, scale).items()}
+                _sync(device)
+                start = time.perf_counter()
+                training_step(model, data)  # compiles the student (and its teacher)
+                _sync(device)
+                first[mode] = time.perf_counter() - start
+        data = training_data(batch, patch, scale)
+        times = interleaved_median({key: (lambda m=model: training_step(m, data)) for key, model in models.items()},
+                                   repeats, warmup, device, statistic, clock)
+    return times, first
 
-        def step(model):
-            model.feed_data(data)
-            model.optimize_parameters(1000)
 
-        return interleaved_median({m: (lambda m=m: step(models[m])) for m in models}, repeats, warmup, device)
+def cuda_training_measurements(archs=DEFAULT_BACKBONES, batch=16, patch=192, repeats=10, warmup=3,
+                               compile_modes=('default', 'reduce-overhead')):
+    """The CUDA measurements of a GPU session (H100, batch 16, HR patch 192): per backbone and compile mode, eager
+    and compiled step times of FP, PAMS and CADyQ and the compiled CADyQ step against the eager FP step (target
+    <= 1.5x); ``reduce-overhead`` adds CUDA graphs. A mode that fails is reported with its error, not raised.
+    Returns ``{arch: {compile_mode: result}}`` and prints one line per result."""
+    device = torch.device('cuda')
+    allow_many_compiled_networks(64)  # 6 compiled models per backbone, all in this process
+    results = {}
+    for arch in archs:
+        network = {'type': arch}
+        results[arch] = {}
+        for compile_mode in compile_modes:
+            try:
+                times, first = bench_training(network, device, batch, patch, 4, repeats, warmup, True, compile_mode)
+            except Exception as err:  # noqa: BLE001  (a failing mode is a result to report)
+                results[arch][compile_mode] = {'error': f'{type(err).__name__}: {err}'}
+                print(f'{arch} {compile_mode}: FAILED {type(err).__name__}: {err}')
+                continue
+            ratio = times[('compiled', 'cadyq')] / times[('eager', 'fp')]
+            results[arch][compile_mode] = {'times': times, 'first_step': first, 'compiled_cadyq_vs_eager_fp': ratio}
+            print(f'{arch} {compile_mode}: ' + training_table_line(times) + f'; first compiled steps {_seconds(first)}')
+    return results
+
+
+def _seconds(values):
+    return ', '.join(f'{mode} {value:.0f} s' for mode, value in values.items())
+
+
+def training_table_line(times):
+    """``eager FP 199.0 ms (1.00x), ...``: each step time and its ratio to the eager FP step."""
+    names = {'fp': 'FP', 'pams': 'PAMS', 'cadyq': 'CADyQ'}
+    return ', '.join(f'{kind} {names[mode]} {times[(kind, mode)] * 1e3:.1f} ms '
+                     f'({times[(kind, mode)] / times[("eager", "fp")]:.2f}x)'
+                     for kind in ('eager', 'compiled') for mode in MODES if (kind, mode) in times)
 
 
 def bench_inference(network, device, batch, lr_size, repeats, warmup):
@@ -175,10 +292,18 @@ def main(argv=None):
     parser.add_argument('--patchwise-batch', type=int, default=None)
     parser.add_argument('--memory-image', default=None, help='LR size HxW of the large-image memory test')
     parser.add_argument('--backend-repeats', type=int, default=5, help='repetitions of the backends comparison')
+    parser.add_argument('--compile-mode', default=True, help='train.compile of the compiled models (default true)')
+    parser.add_argument('--statistic', choices=['median', 'min'], default='median',
+                        help='of the training step times (min: the least disturbed repetition, on a busy machine)')
+    parser.add_argument('--clock', choices=['wall', 'cpu'], default='wall',
+                        help="training step times: wall time, or this process's CPU time (CPU only; with "
+                             'OMP_NUM_THREADS=1 a busy machine measures what a quiet one would)')
     parser.add_argument('--skip', nargs='*', default=[],
-                        choices=['train', 'infer', 'patchwise', 'memory', 'backends', 'backend-memory'])
+                        choices=['ops', 'train', 'compiled', 'infer', 'patchwise', 'memory', 'backends',
+                                 'backend-memory'])
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    allow_many_compiled_networks(64)  # 6 compiled models per backbone, all in this process
     cuda = device.type == 'cuda'
     batch = args.batch or (16 if cuda else 4)
     patch = args.patch or (192 if cuda else 96)
@@ -194,12 +319,26 @@ def main(argv=None):
     for network in networks:
         arch = network_label(network)
         print(f'\n== {arch} ==')
+        if 'ops' not in args.skip and not cuda:
+            ops = step_op_counts(network, batch, patch, 4)
+            print(f'operations of one eager training step: FP {ops["fp"]} (BasicSR SRModel FP {ops["fp_basicsr"]}), '
+                  f'PAMS {ops["pams"]} ({ops["pams"] / ops["fp_basicsr"]:.2f}x), CADyQ {ops["cadyq"]} '
+                  f'({ops["cadyq"] / ops["fp_basicsr"]:.2f}x BasicSR FP, {ops["cadyq"] / ops["fp"]:.2f}x FP)')
+            if ops['cadyq'] / ops['fp_basicsr'] > TARGETS['cadyq_ops']:
+                failures.append((arch, 'cadyq_ops', ops['cadyq'] / ops['fp_basicsr']))
         if 'train' not in args.skip:
-            t = bench_training(network, device, batch, patch, 4, args.repeats, args.warmup)
-            ratios = {'pams_train': t['pams'] / t['fp'], 'cadyq_train': t['cadyq'] / t['fp']}
-            print(f'training step (batch {batch}, HR patch {patch}): FP {t["fp"] * 1e3:.1f} ms, PAMS '
-                  f'{t["pams"] * 1e3:.1f} ms ({ratios["pams_train"]:.2f}x), CADyQ {t["cadyq"] * 1e3:.1f} ms '
-                  f'({ratios["cadyq_train"]:.2f}x)')
+            t, first = bench_training(network, device, batch, patch, 4, args.repeats, args.warmup,
+                                      'compiled' not in args.skip, args.compile_mode,
+                                      {'median': statistics.median, 'min': min}[args.statistic],
+                                      time.process_time if args.clock == 'cpu' and not cuda else time.perf_counter)
+            print(f'training step ({args.statistic} {args.clock} time; batch {batch}, HR patch {patch}, ratios to the '
+                  f'eager FP step): {training_table_line(t)}')
+            if first:
+                print(f'first compiled step (compilation included): {_seconds(first)}')
+            ratios = {'pams_train': t[('eager', 'pams')] / t[('eager', 'fp')],
+                      'cadyq_train': t[('eager', 'cadyq')] / t[('eager', 'fp')]}
+            if ('compiled', 'cadyq') in t:
+                ratios['cadyq_train_compiled'] = t[('compiled', 'cadyq')] / t[('eager', 'fp')]
             failures += [(arch, k, v) for k, v in ratios.items() if v > TARGETS[k]]
         if 'infer' not in args.skip:
             t = bench_inference(network, device, 1, infer_lr, args.repeats, args.warmup)
@@ -222,7 +361,7 @@ def main(argv=None):
     if 'backends' not in args.skip and not cuda:  # eval inference of FP32, fake, int8 and onnxruntime
         from cadyq_plugin.tools.backend_benchmark import main as backends_main
         backends_main(args.archs, args.backend_repeats, 'backend-memory' not in args.skip)
-    print('\ntargets: ' + ', '.join(f'{k} <= {v}x' for k, v in TARGETS.items()))
+    print('\ntargets: ' + ', '.join(f'{TARGET_TEXT[k]} <= {v}x' for k, v in TARGETS.items()))
     for arch, key, value in failures:
         print(f'MISSED: {arch} {key} {value:.2f}x > {TARGETS[key]}x')
     return 0
