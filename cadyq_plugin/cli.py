@@ -4,6 +4,8 @@ TensorBoard logs land under the current directory."""
 import os
 import sys
 
+from cadyq_plugin.errors import UserError
+
 USAGE = """usage: basicsr <command> [options]
 
 commands:
@@ -39,19 +41,6 @@ def run_pipeline(command, args):
         test_pipeline(os.getcwd(), args)
 
 
-def user_errors():
-    """Errors whose message says all the user needs (file, key, what to do): printed without a traceback."""
-    from cadyq_plugin.checkpoint import CheckpointError
-    from cadyq_plugin.config_check import ConfigError
-    from cadyq_plugin.data.paired_dataset import DataError
-    from cadyq_plugin.archs.wrapper_arch import WrapperConfigError
-    from cadyq_plugin.distributed import LaunchError
-    from cadyq_plugin.experiment import ExperimentError
-    from cadyq_plugin.models.step_guard import TrainingDivergedError
-    return (ConfigError, CheckpointError, DataError, ExperimentError, TrainingDivergedError, WrapperConfigError,
-            LaunchError)
-
-
 def report_error(command, err):
     """Print ``err`` without a traceback, into BasicSR's log too (file and console) when the run got that far."""
     import logging
@@ -82,7 +71,7 @@ def main(argv=None):
         except KeyboardInterrupt as err:
             print(f'basicsr {command}: interrupted ({err or "Ctrl-C"}); nothing more was saved', file=sys.stderr)
             return 130
-        except user_errors() as err:
+        except UserError as err:
             report_error(command, err)
             return 1
         return 0

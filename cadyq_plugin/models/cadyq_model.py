@@ -11,6 +11,9 @@ from cadyq_plugin.metrics.budget import BitBudget
 from cadyq_plugin.models.budget_report import BudgetReport, budget_spec
 from cadyq_plugin.models.sr_model import CADyQSRModel
 
+# The option keys read here beyond CADyQSRModel, by section ('' is the top level; the options check accepts them)
+OPTION_KEYS = {'': ('network_t',), 'train': ('kd_opt', 'bit_opt'), 'val': ('target_fab', 'target_bitops')}
+
 
 @MODEL_REGISTRY.register()
 class CADyQModel(CADyQSRModel):
@@ -36,7 +39,7 @@ class CADyQModel(CADyQSRModel):
                 f'{self.bit_budget.target_bit:.4f}); the bit-loss weight is steered, growth/growth_every unused')
 
     def _build_teacher(self, opt):
-        from cadyq_plugin.config_check import teacher_mismatches
+        from cadyq_plugin.archs.network_options import teacher_mismatches
         problems = teacher_mismatches(opt['network_g'], opt['network_t'])
         if problems:
             raise ValueError('the teacher does not fit the student: ' + '; '.join(problems))
