@@ -565,7 +565,11 @@ def _check_train(opt, problems):
     plugin_losses = ('ATLoss', 'BitLoss')
     for name, section in train.items():
         if str(name).endswith('_opt') and isinstance(section, dict) and section.get('type') in plugin_losses:
-            _check_unknown_keys(opt, ('train', name), problems)
+            known = known_keys(opt, ('train', name))
+            if section['type'] == 'BitLoss' and known is not None:  # retired keys get their own message
+                from cadyq_plugin.losses.bit_loss import RETIRED_KEYS
+                known = known | set(RETIRED_KEYS)
+            _check_unknown_keys(opt, ('train', name), problems, known)
     logger = opt.get('logger') or {}
     for name in ('print_freq', 'save_checkpoint_freq'):
         if not _is_count(logger.get(name)):
@@ -647,7 +651,7 @@ def _check_bit_budget(opt, phase, student, problems):
     test options file, what the tested network was trained to), one target, strictly inside what every selector at
     its lowest / highest candidate gives, on a cadyq network. The BitOPs range is counted on the network built on
     the ``meta`` device (shapes only, no weights)."""
-    from cadyq_plugin.losses.bit_loss import budget_problems
+    from cadyq_plugin.losses.bit_loss import RETIRED_KEYS, budget_problems
     from cadyq_plugin.metrics.budget import BUDGET_HR_SIZE, BitBudget
     val = opt.get('val') if isinstance(opt.get('val'), dict) else {}
     val_targets = {k: val[k] for k in ('target_fab', 'target_bitops') if val.get(k) is not None}
@@ -660,10 +664,11 @@ def _check_bit_budget(opt, phase, student, problems):
     else:
         where, section = 'val', val_targets
     targets = {k: section[k] for k in ('target_fab', 'target_bitops') if section.get(k) is not None}
-    if not targets:
+    retired = {k: section[k] for k in RETIRED_KEYS if k in section} if phase == 'train' else {}
+    if not targets and not retired:
         return
-    found = budget_problems(**targets, **{k: section[k] for k in ('kp', 'ki', 'smoothing', 'integral_band')
-                                          if k in section})
+    found = budget_problems(**targets, **{k: section[k] for k in ('gain', 'floor', 'smoothing') if k in section},
+                            **retired)
     for key, value, expected in found:
         problems.add(f'{where}.{key}', value, expected)
     if found:

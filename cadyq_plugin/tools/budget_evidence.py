@@ -17,7 +17,7 @@ from cadyq_plugin.tools.quickstart import (BACKBONE_OPTIONS, OPTIONS, build_data
                                            stage_overrides, test_overrides, thread_env)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAIN_TOLERANCE = 0.25  # bit, training-batch FAB at the end
+TRAIN_TOLERANCE = 0.25  # bit, training-batch FAB over the last 20 % of the run
 VAL_TOLERANCE = 0.5  # bit, validation FAB
 ITER_RE = re.compile(r'iter:\s*([\d,]+),')
 VALUE_RE = re.compile(r'(\w+): (-?\d+\.\d+e[+-]\d+)')
@@ -42,11 +42,12 @@ def parse_train_log(path):
 
 
 def summarize(curve, tail):
-    """Training FAB at the end: the mean batch FAB over the last ``tail`` logged iterations and the final running
-    FAB the controller steers."""
-    last = sorted(curve)[-tail:]
+    """Training FAB at the end: the mean batch FAB over the last ``tail`` (a fraction) of the logged iterations,
+    the final running FAB the controller steers and its final price."""
+    its = sorted(curve)
+    last = its[-max(1, round(len(its) * tail)):]
     return {'train_fab': sum(curve[i]['avg_bit'] for i in last) / len(last),
-            'running_fab': curve[last[-1]]['running_fab'], 'final_weight': curve[last[-1]]['w_bit']}
+            'running_fab': curve[last[-1]]['running_fab'], 'final_price': curve[last[-1]]['bit_price']}
 
 
 def train_log(workdir, name):
@@ -73,7 +74,7 @@ def run_backbone(arch, targets, iters, args, data, workdir):
     for target in targets:
         settings = dict(args.bit_opt)
         label = ', '.join(f'{key} {value:g}' for key, value in settings.items())
-        name = f'budget_{arch}_fab{target:g}' + ''.join(f'_{key}{value:g}' for key, value in settings.items())
+        name = run_name(arch, target, settings)
         overrides = stage_overrides(data, 'cadyq', iters[2], args.batch, args.gt_size)
         overrides.update({f'train.bit_opt.{key}': value for key, value in settings.items()})
         overrides.update({'name': name, 'train.bit_opt.target_fab': target, 'logger.print_freq': 1,
@@ -96,14 +97,19 @@ def run_backbone(arch, targets, iters, args, data, workdir):
     return results
 
 
+def run_name(arch, target, settings):
+    """The experiment name of one CADyQ run to ``target`` with controller ``settings``."""
+    return f'budget_{arch}_fab{target:g}' + ''.join(f'_{key}{value:g}' for key, value in settings.items())
+
+
 def within(result):
     return (abs(result['train_fab'] - result['target']) <= TRAIN_TOLERANCE and
             abs(result['val_fab'] - result['target']) <= VAL_TOLERANCE)
 
 
 def format_table(results, tail):
-    lines = [f'| backbone | target FAB | train FAB (last {tail} batches) | running FAB | val FAB | val PSNR (dB) | '
-             'within tolerance |', '|---|---:|---:|---:|---:|---:|:---:|']
+    lines = [f'| backbone | target FAB | train FAB (last {tail:.0%} of the run) | running FAB | val FAB | val PSNR (dB) '
+             '| within tolerance |', '|---|---:|---:|---:|---:|---:|:---:|']
     for r in results:
         lines.append(f'| {r["arch"]} | {r["target"]:.2f} | {r["train_fab"]:.2f} | {r["running_fab"]:.2f} | '
                      f'{r["val_fab"]:.2f} | {r["psnr"]:.2f} | {"yes" if within(r) else "no"} |')
@@ -146,9 +152,8 @@ def plot(results, path):
 def bit_opt_setting(text):
     """``key=value`` of ``--bit-opt``: a numeric setting of the controller."""
     key, sep, value = text.partition('=')
-    if not sep or key not in ('kp', 'ki', 'smoothing', 'integral_band', 'loss_weight'):
-        raise argparse.ArgumentTypeError(f'{text!r}: expected KEY=VALUE with KEY one of kp, ki, smoothing, '
-                                         'integral_band, loss_weight')
+    if not sep or key not in ('gain', 'floor', 'smoothing'):
+        raise argparse.ArgumentTypeError(f'{text!r}: expected KEY=VALUE with KEY one of gain, floor, smoothing')
     try:
         return key, float(value)
     except ValueError:
@@ -163,10 +168,11 @@ def main(argv=None):
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument('--gt-size', type=int, default=64, help='HR training patch size')
     parser.add_argument('--bit-opt', nargs='*', type=bit_opt_setting, default=[], metavar='KEY=VALUE',
-                        help='controller settings of train.bit_opt to run with, e.g. integral_band=2 ki=1')
+                        help='controller settings of train.bit_opt to run with, e.g. gain=0.1')
     parser.add_argument('--include', nargs='*', default=[], metavar='JSON',
                         help='budget_evidence.json of earlier runs to show before these in the table and plot')
-    parser.add_argument('--tail', type=int, default=20, help='iterations averaged for the final training FAB')
+    parser.add_argument('--tail', type=float, default=0.2, help='fraction of the run (its last iterations) averaged '
+                        'for the final training FAB')
     parser.add_argument('--workdir', default='budget_workdir', help='everything but the plot is written here')
     parser.add_argument('--plot', default=os.path.join(REPO, 'docs', 'budget_fab.png'))
     args = parser.parse_args(argv)
