@@ -505,10 +505,43 @@ def test_evidence_tool_reads_logs_and_writes_table_and_plot(tmp_path):
     summary = budget_evidence.summarize(curve, tail=0.2)  # the last 20 % of the run: iterations 9 and 10
     assert summary == {'train_fab': pytest.approx((5 + 0.5 / 9 + 5 + 0.5 / 10) / 2, abs=1e-4), 'running_fab': 5.1,
                        'final_price': 1.0}
-    result = {'arch': 'edsr', 'target': 5.0, **summary, 'val_fab': 5.3, 'psnr': 26.0, 'curve': curve,
+    result = {'arch': 'edsr', 'target': 5.0, **summary, 'net_fab': 5.4, 'val_fab': 6.3, 'psnr': 26.0, 'curve': curve,
               'validations': validations}
-    assert budget_evidence.within(result) and not budget_evidence.within({**result, 'val_fab': 5.6})
-    assert '| edsr | 5.00 | 5.05 | 5.10 | 5.30 | 26.00 | yes |' in budget_evidence.format_table([result], 0.2)
+    assert budget_evidence.within(result) and not budget_evidence.within({**result, 'net_fab': 5.6})
+    assert not budget_evidence.within({**result, 'train_fab': 5.3})
+    assert '| edsr | 5.00 | 5.05 | 5.40 | yes | 6.30 | 26.00 |' in budget_evidence.format_table([result], 0.2)
     assert 'train FAB (last 20% of the run)' in budget_evidence.format_table([result], 0.2)
     budget_evidence.plot([result], str(tmp_path / 'fab.png'))
     assert (tmp_path / 'fab.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_the_network_fab_is_the_mean_over_the_images_of_each_forwards_fab(tmp_path):
+    """``network_fab`` batches images of equal size; the result equals each image run alone."""
+    import cv2
+    import numpy as np
+    from cadyq_plugin.tools import budget_evidence
+    from cadyq_plugin.tools.derive_options import derive_options
+    torch.manual_seed(0)
+    network = {'type': 'EDSR_CADyQ', 'quant_mode': 'cadyq', 'num_feat': 8, 'num_block': 1, 'calib_iters': 0}
+    net = EDSR_CADyQ(**{k: v for k, v in network.items() if k != 'type'}).eval()
+    with torch.no_grad():  # choose by the content: 8 bits for the patches with the larger gradient
+        for module in net.modules():
+            if isinstance(module, BitSelector):
+                module.fc.weight.zero_()
+                module.fc.weight[:, 0] = torch.tensor([0.0, 0.0, 1.0])
+                module.fc.bias.copy_(torch.tensor([0.0, -100.0, -30.0]))
+    os.makedirs(tmp_path / 'models')
+    torch.save({'params': net.state_dict()}, tmp_path / 'models' / 'net_g_latest.pth')
+    derive_options(STAGE3, {'network_g': network}, str(tmp_path / 'opt.yml'))
+    rng = np.random.default_rng(0)
+    os.makedirs(tmp_path / 'lr')
+    images = []
+    for i, size in enumerate([12, 12, 12, 16, 12]):
+        image = (rng.random((size, size, 3)) * 255 * (i % 2)).astype(np.uint8)  # flat (black) or noisy
+        cv2.imwrite(str(tmp_path / 'lr' / f'{i}.png'), image)
+        images.append(torch.from_numpy(image[:, :, ::-1].astype(np.float32) / 255).permute(2, 0, 1)[None])
+    with torch.no_grad():
+        alone = [net(image, return_aux=True)[1]['bits'].float().mean().item() for image in images]
+    assert len(set(alone)) > 1
+    found = budget_evidence.network_fab(str(tmp_path / 'opt.yml'), str(tmp_path), str(tmp_path / 'lr'), batch=2)
+    assert found == pytest.approx(sum(alone) / len(alone))

@@ -94,8 +94,10 @@ def test_content_relation_is_spearmans_rank_correlation():
 
 
 def test_tables_and_figures(tmp_path):
-    budget = [{'arch': 'carn', 'target': 6.0, 'train_fab': 6.1, 'val_fab': 6.3, 'heldout_fab': 5.5}]
-    assert '| CARN | 6.00 | 6.10 | 6.30 | 5.50 | yes |' in evidence.format_budget_table(budget)
+    budget = [{'arch': 'carn', 'target': 6.0, 'train_fab': 6.1, 'net_fab': 6.3, 'val_fab': 6.9, 'heldout_fab': 5.5},
+              {'arch': 'idn', 'target': 5.0, 'train_fab': 5.3, 'net_fab': 5.3, 'val_fab': 5.0, 'heldout_fab': 5.0}]
+    table = evidence.format_budget_table(budget)
+    assert '| CARN | 6.00 | 6.10 | 6.30 | yes | 6.90 | 5.50 |' in table and '| IDN | 5.00 | 5.30 | 5.30 | no |' in table
     content = [{'arch': 'edsr', 'target': 6.0, 'n_patches': 20, 'fab_min': 4.5, 'fab_max': 7.9, 'rho_gradient': 0.61,
                 'p_gradient': 0.004, 'rho_pams8_error': 0.5, 'p_pams8_error': 0.02}]
     assert '| EDSR-baseline | 6.00 | 20 | 4.50 - 7.90 | +0.61 (p 0.004) | +0.50 (p 0.02) |' in \
