@@ -121,16 +121,17 @@ def test_tables_and_figures(tmp_path):
 
 
 def test_the_evidence_command_end_to_end(tmp_path):
-    """``scripts/evidence.py`` on EDSR-baseline with a few iterations and two small photos: every stage is trained
-    through ``basicsr train``, and the tables and figures are written."""
+    """``scripts/evidence.py`` on a small EDSR-baseline with a few iterations and two small photos: every stage is
+    trained through ``basicsr train``, and the tables and figures are written."""
     figures = tmp_path / 'figures'
     proc = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'evidence.py'), '--archs', 'edsr',
                            '--iters', '2', '1', '2', '--targets', '6', '--content-target', '6', '--quality', 'edsr',
                            '--quality-targets', '6', '--fixed-bits', '8', '--photos', 'coins', 'text',
-                           '--bit-map-photos', 'coins', 'text', '--workdir', str(tmp_path / 'work'),
+                           '--bit-map-photos', 'coins', 'text', '--network', 'num_feat=8', 'num_block=1',
+                           '--workdir', str(tmp_path / 'work'),
                            '--figures', str(figures)], capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert '| EDSR-baseline | 6.00 |' in proc.stdout and 'PAMS 8-bit' in proc.stdout
-    assert sorted(os.listdir(figures)) == ['bit_maps.png', 'content_scatter.png', 'psnr_fab.png']
+    assert sorted(os.listdir(figures)) == ['bit_maps.png', 'budget_fab.png', 'content_scatter.png', 'psnr_fab.png']
     assert (tmp_path / 'work' / 'evidence.json').is_file() and (tmp_path / 'work' / 'evidence.md').is_file()

@@ -69,7 +69,8 @@ def run_backbone(arch, targets, iters, args, data, workdir):
     for stage, stage_iters in zip(('fp', 'pams'), iters[:2]):
         train_opt = os.path.join(workdir, 'options', f'{prefix}_{stage}.yml')
         opt = derive_options(os.path.join(OPTIONS, f'{prefix}_{stage}.yml'),
-                             stage_overrides(data, stage, stage_iters, args.batch, args.gt_size), train_opt)
+                             {**stage_overrides(data, stage, stage_iters, args.batch, args.gt_size),
+                              **network_overrides(args, stage)}, train_opt)
         if not os.path.isfile(os.path.join(workdir, 'experiments', opt['name'], 'models', 'net_g_latest.pth')):
             run(['train', '-opt', train_opt], workdir, os.path.join(workdir, f'train_{arch}_{stage}.log'))
     results = []
@@ -78,6 +79,7 @@ def run_backbone(arch, targets, iters, args, data, workdir):
         label = ', '.join(f'{key} {value:g}' for key, value in settings.items())
         name = run_name(arch, target, settings)
         overrides = stage_overrides(data, 'cadyq', iters[2], args.batch, args.gt_size)
+        overrides.update(network_overrides(args, 'cadyq'))
         overrides.update({f'train.bit_opt.{key}': value for key, value in settings.items()})
         overrides.update({'name': name, 'train.bit_opt.target_fab': target, 'logger.print_freq': 1,
                           'val.val_freq': max(1, iters[2] // 6), 'logger.use_tb_logger': False})
@@ -129,6 +131,14 @@ def network_fab(options_path, experiment_dir, lr_folder, batch=16):
             for group in by_size.values():
                 bits.append(net(torch.stack(group), return_aux=True)[1]['bits'].float().mean(dim=1))
     return float(torch.cat(bits).mean())
+
+
+def network_overrides(args, stage):
+    """``args.network`` ({arch argument: value}, e.g. a smaller ``num_block`` for a quick run) for the student and,
+    in the distilling stages, the teacher."""
+    nets = ('network_g',) if stage == 'fp' else ('network_g', 'network_t')
+    settings = getattr(args, 'network', None) or {}
+    return {f'{net}.{key}': value for net in nets for key, value in settings.items()}
 
 
 def run_name(arch, target, settings):
@@ -210,7 +220,7 @@ def main(argv=None):
     parser.add_argument('--tail', type=float, default=0.2, help='fraction of the run (its last iterations) averaged '
                         'for the final training FAB')
     parser.add_argument('--workdir', default='budget_workdir', help='everything but the plot is written here')
-    parser.add_argument('--plot', default=os.path.join(REPO, 'docs', 'budget_fab.png'))
+    parser.add_argument('--plot', default=os.path.join(REPO, 'docs', 'evidence', 'budget_fab.png'))
     args = parser.parse_args(argv)
 
     import cadyq_plugin  # noqa: F401

@@ -9,7 +9,8 @@ backbones in ``--quality`` also fixed-bit PAMS networks (``--fixed-bits``, train
 many iterations as PAMS W8A8 + CADyQ) and CADyQ at ``--quality-targets``: PSNR / SSIM on the held-out photos
 against FAB (plot and table).
 
-Writes ``<workdir>/evidence.json`` and ``evidence.md`` and the figures under ``--figures``.
+Writes ``<workdir>/evidence.json`` and ``evidence.md`` and the figures under ``--figures`` (``budget_fab.png``: FAB
+against iteration of the budget runs; ``content_scatter.png``, ``bit_maps.png``, ``psnr_fab.png``).
 """
 import argparse
 import json
@@ -142,6 +143,7 @@ def train_fixed_bit(arch, bits, iters, args, data, workdir):
     name = f'evidence_{arch}_pams{bits}_{iters}it'
     path = os.path.join(workdir, 'options', f'{name}.yml')
     overrides = stage_overrides(data, 'pams', iters, args.batch, args.gt_size)
+    overrides.update(budget_evidence.network_overrides(args, 'pams'))
     overrides.update({'name': name, 'network_g.a_bits': bits, 'logger.use_tb_logger': False})
     derive_options(os.path.join(OPTIONS, f'{prefix}_pams.yml'), overrides, path)
     if not os.path.isfile(os.path.join(experiment_dir(workdir, name), 'models', 'net_g_latest.pth')):
@@ -288,8 +290,9 @@ def run_evidence(args):
     data = build_data(workdir)[0]
     pairs = load_pairs(*build_heldout(workdir, args.photos), args.photos)
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())))
-    budget_args = argparse.Namespace(batch=args.batch, gt_size=args.gt_size, bit_opt=[], tail=args.tail)
-    budget_rows, content_rows, evaluations, maps, quality = [], [], {}, {}, {}
+    budget_args = argparse.Namespace(batch=args.batch, gt_size=args.gt_size, bit_opt=[], tail=args.tail,
+                                     network=args.network)
+    budget_rows, curves, content_rows, evaluations, maps, quality = [], [], [], {}, {}, {}
     for arch in args.archs:
         targets = sorted(set(args.targets) | (set(args.quality_targets) if arch in args.quality else set()))
         results = budget_evidence.run_backbone(arch, targets, args.iters, budget_args, data, workdir)
@@ -301,6 +304,7 @@ def run_evidence(args):
             heldout = summary(evaluation)
             relation = {'arch': arch, 'target': result['target'], **content_relation(evaluation, pams8)}
             if result['target'] in args.targets:
+                curves.append(result)
                 budget_rows.append({**{k: v for k, v in result.items() if k not in ('curve', 'validations')},
                                     'arch': arch, 'heldout_fab': heldout['fab'], 'heldout_psnr': heldout['psnr']})
                 content_rows.append(relation)
@@ -320,6 +324,7 @@ def run_evidence(args):
         print(f'[evidence] {arch}: done ({time.time() - started:.0f} s)', flush=True)
     relations = {r['arch']: r for r in content_rows if r['target'] == args.content_target}
     figures = os.path.abspath(args.figures)
+    budget_evidence.plot(curves, os.path.join(figures, 'budget_fab.png'))
     plot_content(relations, evaluations, os.path.join(figures, 'content_scatter.png'))
     plot_bit_maps(maps, os.path.join(figures, 'bit_maps.png'))
     if quality:
@@ -335,6 +340,14 @@ def run_evidence(args):
     print(tables)
     print(f'wall time: {report["seconds"]:.0f} s; figures in {figures}')
     return report
+
+
+def network_setting(text):
+    """``key=value`` of ``--network``: an integer arch argument (sizes)."""
+    key, sep, value = text.partition('=')
+    if not sep or not key.isidentifier() or not value.isdigit():
+        raise argparse.ArgumentTypeError(f'{text!r}: expected KEY=INTEGER, an arch argument such as num_block=4')
+    return key, int(value)
 
 
 def main(argv=None):
@@ -353,11 +366,15 @@ def main(argv=None):
     parser.add_argument('--gt-size', type=int, default=64, help='HR training patch size')
     parser.add_argument('--tail', type=float, default=0.2, help='fraction of the run the training FAB is averaged '
                         'over')
+    parser.add_argument('--network', nargs='*', type=network_setting, default=[], metavar='KEY=VALUE',
+                        help='arch arguments of every stage, e.g. num_block=4 for a quicker run (default: the '
+                        'reference networks)')
     parser.add_argument('--photos', nargs='+', choices=HELDOUT, default=list(HELDOUT), help='held-out photos')
     parser.add_argument('--bit-map-photos', nargs='+', default=BIT_MAP_PHOTOS, help='the photos of the bit maps')
     parser.add_argument('--workdir', default='evidence_workdir', help='runs, logs and tables')
     parser.add_argument('--figures', default=os.path.join(REPO, 'docs', 'evidence'))
     args = parser.parse_args(argv)
+    args.network = dict(args.network)
     if args.content_target not in args.targets:
         parser.error(f'--content-target {args.content_target:g} must be one of --targets')
     if not set(args.bit_map_photos) <= set(args.photos):
