@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from test_model import SMALL, _batches, model_opt
+from test_model import _batches, model_opt
 
 import cadyq_plugin  # noqa: F401  (compat shim before basicsr)
 from cadyq_plugin.archs import EDSR_CADyQ, IDN_CADyQ
