@@ -45,9 +45,11 @@ def user_errors():
     from cadyq_plugin.config_check import ConfigError
     from cadyq_plugin.data.paired_dataset import DataError
     from cadyq_plugin.archs.wrapper_arch import WrapperConfigError
+    from cadyq_plugin.distributed import LaunchError
     from cadyq_plugin.experiment import ExperimentError
     from cadyq_plugin.models.step_guard import TrainingDivergedError
-    return (ConfigError, CheckpointError, DataError, ExperimentError, TrainingDivergedError, WrapperConfigError)
+    return (ConfigError, CheckpointError, DataError, ExperimentError, TrainingDivergedError, WrapperConfigError,
+            LaunchError)
 
 
 def report_error(command, err):

@@ -10,7 +10,8 @@ way BasicSR's registries do (``RealESRNetModel`` finds ``RealESRNetModel_basicsr
 (``quant_mode``, candidate ``bits``, ``w_bits``/``a_bits``, ``calib_iters``); unknown keys in the plugin's own
 sections (the CADyQ archs, ``CADyQPairedImageDataset``, the plugin's losses, ``val.patchwise``), with a "did you
 mean"; the teacher of a distilling stage; pretrained checkpoint paths; dataset roots; scale agreement; training
-numbers; patch-wise tiling; metrics the model and mode can produce. Requirements that belong to one model
+numbers; patch-wise tiling; metrics the model and mode can produce; what the run's device cannot execute (the int8
+backend on CUDA) and the ``determinism`` section. Requirements that belong to one model
 (``scale``, ``gt_size``, a pixel loss, ...) are checked only for the models that need them, and messages about
 stock BasicSR models carry no CADyQ advice: a stock options file passes unless BasicSR itself would fail on it.
 
@@ -37,6 +38,7 @@ BITS_EXPECTED = 'expected a sorted list of at least 2 distinct integers in 2..8,
 TOP_LEVEL_KEYS = {
     'name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'path', 'train', 'val', 'logger',
     'dist_params', 'find_unused_parameters', 'is_train', 'dist', 'rank', 'world_size', 'auto_resume', 'root_path',
+    'determinism',
     # BasicSR's RealESRGAN/RealESRNet models read their degradation settings at the top level
     'high_order_degradation', 'l1_gt_usm', 'percep_gt_usm', 'gan_gt_usm', 'gt_usm', 'queue_size', 'gt_size',
     'resize_prob', 'resize_range', 'gaussian_noise_prob', 'noise_range', 'poisson_scale_range', 'gray_noise_prob',
@@ -180,7 +182,8 @@ def known_keys(opt, path):
         return TOP_LEVEL_KEYS | {k for k in opt if str(k).startswith('network_')} | {'network_g', 'network_t'}
     head = path[0]
     if len(path) == 1:
-        return {'train': TRAIN_KEYS, 'val': VAL_KEYS, 'logger': LOGGER_KEYS, 'dist_params': DIST_PARAM_KEYS}.get(
+        return {'train': TRAIN_KEYS, 'val': VAL_KEYS, 'logger': LOGGER_KEYS, 'dist_params': DIST_PARAM_KEYS,
+                'determinism': set(_determinism_defaults())}.get(
             head, _path_keys(section) if head == 'path' else (_arch_keys(section) if str(head).startswith(
                 'network_') else None))
     if head == 'datasets' and len(path) == 2:
@@ -378,6 +381,33 @@ def _check_general(opt, phase, problems):
         if dist_params.get('backend') not in (None, 'gloo', 'nccl', 'mpi'):
             problems.add('dist_params.backend', dist_params['backend'], "expected 'gloo' (CPU), 'nccl' (GPU) or ~ "
                          '(chosen by the device)')
+
+
+def _determinism_defaults():
+    from cadyq_plugin.determinism import DEFAULTS
+    return DEFAULTS
+
+
+def _check_devices(opt, student, teacher, problems):
+    """The ``determinism`` section, and networks the run's device cannot execute: the int8 backend is oneDNN's
+    (x86 CPUs); on a CUDA run it would stop at the first validation."""
+    from cadyq_plugin.determinism import determinism_problems
+    if isinstance(opt.get('determinism'), dict):
+        _check_unknown_keys(opt, ('determinism',), problems)
+    for key, value, expected in determinism_problems(opt.get('determinism')):
+        problems.add(key, value, expected)
+    num_gpu = opt.get('num_gpu', 'auto')
+    if num_gpu != 'auto' and not _is_int(num_gpu):
+        return  # reported by _check_general
+    import torch
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not visible or num_gpu == 0:
+        return
+    device = f'num_gpu is {num_gpu!r} and {visible} GPU{"s are" if visible > 1 else " is"} visible'
+    for key, resolved in (('network_g', student), ('network_t', teacher)):
+        if resolved is not None and resolved.get('backend') == 'int8':
+            problems.add(f'{key}.backend', 'int8', f'expected fake on a CUDA run ({device}): the int8 backend runs '
+                         'on x86 CPUs only (oneDNN); use backend fake, or num_gpu: 0 to run on the CPU')
 
 
 def _uses_paired_dataset(opt):
@@ -616,7 +646,7 @@ def _check_val(opt, phase, student, problems):
 
 
 def _check_patchwise(opt, patchwise, cadyq_model, problems):
-    """``val.patchwise: {patch, step, batch}`` (SPEC §6): positive integers with ``step <= patch`` (else the centre
+    """``val.patchwise: {patch, step, batch}``: positive integers with ``step <= patch`` (else the centre
     crops leave gaps) and ``(patch - step) * scale`` even (the HR margin ``s = (patch - step) / 2 * scale`` each
     patch gives up on each side must be whole pixels, or the crops are not centred)."""
     if not isinstance(patchwise, dict):
@@ -749,7 +779,8 @@ def check_options(opt, yml_path, phase='train', resuming=False, check_files=True
     if not isinstance(opt, dict):
         raise ConfigError(yml_path, [f'the file holds {_show(opt)}, expected a mapping of options'])
     _check_general(opt, phase, problems)
-    student, _ = _check_networks(opt, phase, problems)
+    student, teacher = _check_networks(opt, phase, problems)
+    _check_devices(opt, student, teacher, problems)
     _check_scale(opt, student, problems)
     _check_teacher(opt, phase, student, problems)
     _check_paths(opt, phase, resuming, check_files, problems)

@@ -20,6 +20,15 @@ here assumes CUDA.
   ``max_val`` from the local batch inside the forward pass; DDP never re-synchronises parameters, so the ranks
   would drift apart. A forward hook on the student averages them over the ranks after every calibrating forward,
   which equals single-process calibration on the global batch (equal per-rank batches).
+- **GPUs per process** (:func:`choose_gpu`): local rank *r* trains on GPU *r*. nccl needs a GPU per process, so
+  more processes on a node than visible GPUs is an error naming both counts; with gloo they share GPUs. A Slurm
+  task that sees exactly one GPU (``--gpus-per-task 1``, ``--gpu-bind``) uses it whatever its local rank.
+- **DataParallel** (``basicsr train`` without a launcher and ``num_gpu`` > 1, e.g. ``auto`` on a multi-GPU node):
+  replicas of every arch, ``CADyQWrapper`` included, run their own modules; in a calibrating forward every
+  replica sets the ranges from its share of the batch, and a hook combines them after the forward into the mean
+  weighted by the replicas' batch sizes (:class:`ReplicaCalibration`), which is the single-GPU statistic of the
+  whole batch (``batch_max_abs`` is a mean over samples). torchrun (DDP) is faster: DataParallel copies the
+  network to every GPU in every iteration and runs the replicas in threads of one process.
 """
 import atexit
 import datetime
@@ -33,8 +42,12 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 DIST_PARAM_KEYS = ('backend', 'port', 'timeout')
 
-__all__ = ['DIST_PARAM_KEYS', 'barrier', 'choose_backend', 'get_dist_info', 'init_dist', 'is_distributed',
-           'uses_cuda', 'wrap_model']
+__all__ = ['DIST_PARAM_KEYS', 'LaunchError', 'barrier', 'choose_backend', 'choose_gpu', 'get_dist_info', 'init_dist',
+           'is_distributed', 'uses_cuda', 'wrap_model']
+
+
+class LaunchError(RuntimeError):
+    """A launch that cannot work (environment, processes per GPU); the message says what to change."""
 
 
 # --------------------------------------------------------------------------------------------- process group
@@ -76,11 +89,42 @@ def init_dist(launcher, backend=None, port=None, timeout=None, num_gpu='auto'):
     cuda = uses_cuda(num_gpu)
     backend = choose_backend(backend, cuda)
     if cuda:
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(choose_gpu(local_rank, _local_world_size(launcher), torch.cuda.device_count(),
+                                         backend, launcher))
     kwargs = {} if timeout is None else {'timeout': datetime.timedelta(seconds=float(timeout))}
     dist.init_process_group(backend=backend, init_method='env://', rank=rank, world_size=world_size, **kwargs)
     atexit.register(destroy_process_group)
     return rank, world_size
+
+
+def choose_gpu(local_rank, local_world_size, gpu_count, backend, launcher):
+    """The GPU index of the process with ``local_rank`` among ``local_world_size`` processes on its node (None:
+    unknown) that see ``gpu_count`` GPUs; raises before the process group is joined when nccl would get fewer
+    GPUs than processes."""
+    processes = max(local_world_size or 0, local_rank + 1)
+    if processes <= gpu_count:
+        return local_rank
+    if launcher == 'slurm' and gpu_count == 1:
+        return 0  # one GPU bound to each task (--gpus-per-task 1, --gpu-bind): every task sees its own as GPU 0
+    if backend == 'nccl':
+        visible = os.environ.get('CUDA_VISIBLE_DEVICES')
+        counted = f'{processes}' if local_world_size else f'at least {processes} (local rank {local_rank})'
+        raise LaunchError(
+            f'{counted} processes on this node but {gpu_count} visible GPU{"s" if gpu_count != 1 else ""}'
+            f'{f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""}: nccl needs one GPU per '
+            f'process. Start at most {gpu_count} per node (torchrun --nproc_per_node {gpu_count}, srun '
+            f'--ntasks-per-node {gpu_count}), or set dist_params.backend: gloo to let processes share GPUs')
+    return local_rank % gpu_count  # gloo: processes share the GPUs
+
+
+def _local_world_size(launcher):
+    """Processes on this node, from the launcher's environment (None when it does not say)."""
+    names = ('LOCAL_WORLD_SIZE',) if launcher == 'pytorch' else ('SLURM_NTASKS_PER_NODE',)
+    for name in names:
+        value = os.environ.get(name, '')
+        if value.isdigit():
+            return int(value)
+    return None
 
 
 def destroy_process_group():
@@ -92,7 +136,7 @@ def destroy_process_group():
 def _require_env(names, launcher):
     missing = [name for name in names if name not in os.environ]
     if missing:
-        raise RuntimeError(f'--launcher {launcher} needs the environment variables {", ".join(missing)}; start the '
+        raise LaunchError(f'--launcher {launcher} needs the environment variables {", ".join(missing)}; start the '
                            f'run with {"torchrun" if launcher == "pytorch" else "srun"} (see scripts/)')
 
 
@@ -134,7 +178,9 @@ def wrap_model(net, opt, device):
         attach_calibration_sync(net)
         return ddp
     if device.type == 'cuda' and int(opt.get('num_gpu') or 0) > 1:
-        return DataParallel(net)
+        parallel = DataParallel(net)
+        ReplicaCalibration.attach(parallel)
+        return parallel
     return net
 
 
@@ -151,12 +197,7 @@ def average_calibration(net):
     with torch.no_grad():
         flat = torch.cat([torch.cat([q.alpha.detach().reshape(-1), q.max_val.reshape(-1)]) for q in quantizers])
         all_reduce(flat, op='mean')
-        offset = 0
-        for q in quantizers:
-            n = q.alpha.numel()
-            q.alpha.data.copy_(flat[offset:offset + n].view_as(q.alpha))
-            q.max_val.copy_(flat[offset + n:offset + n + q.max_val.numel()].view_as(q.max_val))
-            offset += n + q.max_val.numel()
+        _write_ranges(quantizers, flat)
 
 
 def _calibration_hook(module, inputs, output):
@@ -169,6 +210,51 @@ def attach_calibration_sync(net):
     if not getattr(net, '_cadyq_calibration_sync', False):
         net.register_forward_hook(_calibration_hook)
         net._cadyq_calibration_sync = True
+
+
+class ReplicaCalibration:
+    """Combines the ranges that DataParallel replicas calibrate from their shares of the batch (see the module
+    doc): a forward hook on the network (its replicas share it) collects each replica's ranges and batch size, and
+    a forward hook on the DataParallel module, after the gather, writes their batch-weighted mean into the network.
+    Without it only the first replica's ranges would remain (its tensors are the network's own)."""
+
+    def __init__(self):
+        self.collected = []  # (device index, batch size, ranges); appended from the replicas' threads
+
+    @classmethod
+    def attach(cls, parallel):
+        combiner = cls()
+        parallel.module.register_forward_hook(combiner.collect)
+        parallel.register_forward_hook(combiner.combine)
+        return combiner
+
+    def collect(self, module, inputs, output):
+        replica = module.__dict__.get('_is_replica', False)  # one GPU: DataParallel runs the network itself
+        quantizers = _calibrating_quantizers(module) if replica and module.training else []
+        if quantizers and inputs:
+            ranges = torch.cat([torch.cat([q.alpha.detach().reshape(-1), q.max_val.reshape(-1)]) for q in quantizers])
+            self.collected.append((ranges.device.index or 0, inputs[0].shape[0], ranges))
+
+    def combine(self, parallel, inputs, output):
+        collected, self.collected = sorted(self.collected, key=lambda item: item[0]), []
+        quantizers = _calibrating_quantizers(parallel.module)
+        if len(collected) < 2 or not quantizers:
+            return
+        device = quantizers[0].alpha.device
+        total = sum(batch for _, batch, _ in collected)
+        with torch.no_grad():
+            flat = sum(ranges.to(device) * (batch / total) for _, batch, ranges in collected)
+            _write_ranges(quantizers, flat)
+
+
+def _write_ranges(quantizers, flat):
+    """Copy ``flat`` (each quantizer's ``alpha`` then ``max_val``, in order) into the quantizers."""
+    offset = 0
+    for q in quantizers:
+        n = q.alpha.numel()
+        q.alpha.data.copy_(flat[offset:offset + n].view_as(q.alpha))
+        q.max_val.copy_(flat[offset + n:offset + n + q.max_val.numel()].view_as(q.max_val))
+        offset += n + q.max_val.numel()
 
 
 def broadcast_buffers(net, src=0):

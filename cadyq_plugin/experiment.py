@@ -169,18 +169,25 @@ def guarded_setup(step, folder):
 
 class GracefulStop:
     """SIGTERM (Slurm's preemption and time limit, ``kill``) and SIGINT (Ctrl-C): the first one lets the current
-    iteration finish so that the run saves and exits; a second one stops at once."""
+    iteration finish so that the run saves and exits; a second one stops at once.
+
+    In a distributed run every rank must stop at the same iteration, before it fetches the next batch (the
+    dataloader workers got the signal too and are gone), so the ranks agree after every iteration: one all-reduce
+    of a CPU flag over gloo. With nccl a gloo group is made for it, so the agreement never waits for the GPU.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.signum = None
         self._previous = {}
+        self._group = None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
             for signum in self.SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
+        self._group = cpu_group()
         return self
 
     def __exit__(self, *exc):
@@ -197,9 +204,11 @@ class GracefulStop:
 
     def requested(self):
         """Whether any rank got a signal (every rank must agree, so all of them stop at the same iteration)."""
+        if get_dist_info()[1] == 1:
+            return self.signum is not None
         import torch
         flag = torch.tensor([0.0 if self.signum is None else float(self.signum)])
-        all_reduce(flag, op='max')
+        all_reduce(flag, op='max', group=self._group)  # CPU tensors over gloo: no GPU involved
         if flag.item() and self.signum is None:
             self.signum = int(flag.item())
         return self.signum is not None
@@ -207,6 +216,15 @@ class GracefulStop:
     @property
     def name(self):
         return signal.Signals(self.signum).name if self.signum else None
+
+
+def cpu_group():
+    """A process group whose collectives run on CPU tensors (gloo): the default group when it is gloo, else a new
+    gloo group of all ranks (a collective: every rank calls it); None outside a process group."""
+    if get_dist_info()[1] == 1:
+        return None
+    import torch.distributed as dist
+    return None if dist.get_backend() == 'gloo' else dist.new_group(backend='gloo')
 
 
 def _quit_quietly(signum, frame):

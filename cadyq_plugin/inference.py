@@ -1,5 +1,6 @@
-"""Inference of one LR image by a CADyQ network, image-wise or patch-wise (SPEC §6), with what every forward
-pass chose: the one implementation behind validation, ``basicsr test``, ``basicsr infer`` and the benchmark."""
+"""Inference of one LR image by a CADyQ network, image-wise or patch-wise (``docs/method.md#patch-wise-inference``),
+with what every forward pass chose: the one implementation behind validation, ``basicsr test``, ``basicsr infer``
+and the benchmark."""
 from typing import Any, Dict, List, NamedTuple, Optional
 
 import torch

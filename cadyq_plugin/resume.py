@@ -7,8 +7,9 @@ continues. The plugin's training pipeline uses:
 - :func:`load_resume_state`: the state to resume (``--auto_resume`` or ``path.resume_state``), read on the CPU with
   ``weights_only=True``; an unreadable state is a :class:`~cadyq_plugin.checkpoint.CheckpointError` naming it.
 - :func:`capture_rng_state` / :func:`restore_rng_state`: the states of Python's ``random``, NumPy's global
-  generator and torch's CPU (and CUDA) generators as plain tensors and numbers, so they go into the training
-  state and load with ``weights_only=True``.
+  generator, torch's CPU generator and the generator of the process's own CUDA device (the one it trains on; not
+  those of every visible GPU, so a run resumes on any number of GPUs) as plain tensors and numbers, so they go
+  into the training state and load with ``weights_only=True``.
 - :class:`ResumableSampler`: BasicSR's ``EnlargedSampler`` that, in the first epoch after a resume, skips the
   samples the interrupted run had already consumed and restores the saved generator states at the moment the
   interrupted run would have drawn its next batch. It yields :class:`SampleKey` s whose ``seed`` depends only on
@@ -48,7 +49,7 @@ def capture_rng_state():
         'torch': torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state['cuda'] = torch.cuda.get_rng_state_all()
+        state['cuda'] = torch.cuda.get_rng_state()  # the current device's: the one this process trains on
     return state
 
 
@@ -60,8 +61,21 @@ def restore_rng_state(state):
     np.random.set_state(('MT19937', npy['keys'].numpy().astype(np.uint32), npy['pos'], npy['has_gauss'],
                          npy['cached_gaussian']))
     torch.set_rng_state(state['torch'])
-    if state.get('cuda') is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    cuda_state = _own_cuda_state(state.get('cuda'))
+    if cuda_state is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda_state)  # the current device's only
+
+
+def _own_cuda_state(saved):
+    """The CUDA generator state of this process's device in a saved state: the one tensor this version saves,
+    or, from a state of an older version (one tensor per GPU visible then), the entry of the current device when
+    that GPU existed then; None otherwise."""
+    if saved is None or isinstance(saved, torch.Tensor):
+        return saved
+    if not torch.cuda.is_available():
+        return None
+    index = torch.cuda.current_device()
+    return saved[index] if index < len(saved) else None
 
 
 def gather_rng_states():

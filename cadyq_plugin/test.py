@@ -1,14 +1,15 @@
 """``basicsr test``: the test pipeline, composed of BasicSR's building blocks (``basicsr.test.test_pipeline``
 step by step), with the options read and checked once, one run per results folder, a barrier after the folders
-are made, and ``--skip-missing`` for test sets whose data is not there."""
+are made, ``--skip-missing`` for test sets whose data is not there, and the options' numerics policy on CUDA
+(:mod:`cadyq_plugin.determinism`)."""
 from os import path as osp
 
-import torch
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
 from basicsr.utils import get_env_info, get_time_str, make_exp_dirs
 from basicsr.utils.options import dict2str
 
+from cadyq_plugin.determinism import apply_determinism, describe
 from cadyq_plugin.distributed import barrier
 from cadyq_plugin.experiment import acquire_on_rank0, command_line, guarded_setup, run_logger
 from cadyq_plugin.options import parse_options
@@ -17,7 +18,7 @@ from cadyq_plugin.options import parse_options
 def test_pipeline(root_path, argv):
     """Run ``basicsr test <argv>`` with ``root_path`` as the root of ``results/``."""
     opt, args = parse_options('test', argv, root_path)
-    torch.backends.cudnn.benchmark = True
+    policy = apply_determinism(opt.get('determinism'))
     results_root = opt['path']['results_root']
     lock = guarded_setup(lambda: acquire_on_rank0(results_root, command_line('test', argv)), results_root)
     try:
@@ -27,6 +28,7 @@ def test_pipeline(root_path, argv):
         logger = run_logger(log_file)
         logger.info(get_env_info())
         logger.info(dict2str(opt))
+        logger.info(describe(policy))
         for name, root in args.skipped:
             logger.warning(f'--skip-missing: test set {name} skipped, {root} does not exist')
         test_loaders = []

@@ -5,7 +5,10 @@ dataloaders, ``build_model``, the iteration loop with logging, checkpoints and v
 differ for CADyQ and for reliable runs on any machine:
 
 - options read and checked once before any work (:func:`cadyq_plugin.options.parse_options`), then the process
-  group (gloo on the CPU, nccl on GPUs, ``dist_params`` honoured);
+  group (gloo on the CPU, nccl on GPUs, ``dist_params`` honoured) and the numerics policy on CUDA
+  (:mod:`cadyq_plugin.determinism`: TF32, cuDNN's algorithm search, deterministic algorithms);
+- on CUDA runs the training batches come from pinned memory (``pin_memory`` defaults to true), so the model's
+  ``non_blocking`` copies do not make the CPU wait;
 - one run per experiment folder (:class:`~cadyq_plugin.experiment.RunLock`), folders made by rank 0 and waited
   for by the others;
 - the resume state read on the CPU with ``weights_only=True``, the frozen teacher keeping its path;
@@ -21,7 +24,6 @@ import math
 import time
 from os import path as osp
 
-import torch
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
 from basicsr.models import build_model
@@ -30,7 +32,8 @@ from basicsr.utils import AvgTimer, MessageLogger, get_env_info, get_time_str, m
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.options import dict2str
 
-from cadyq_plugin.distributed import barrier
+from cadyq_plugin.determinism import apply_determinism, describe
+from cadyq_plugin.distributed import barrier, uses_cuda
 from cadyq_plugin.experiment import (ExperimentError, GracefulStop, WorkerInit, acquire_on_rank0, command_line,
                                      guarded_setup, run_logger)
 from cadyq_plugin.options import parse_options
@@ -48,16 +51,16 @@ class RunStopped(Exception):
 def train_pipeline(root_path, argv):
     """Run ``basicsr train <argv>`` with ``root_path`` as the root of ``experiments/`` and ``tb_logger/``."""
     opt, args = parse_options('train', argv, root_path)
-    torch.backends.cudnn.benchmark = True
+    policy = apply_determinism(opt.get('determinism'))
     lock = guarded_setup(lambda: acquire_on_rank0(opt['path']['experiments_root'], command_line('train', argv)),
                           opt['path']['experiments_root'])
     try:
-        _train(opt, args, command_line('train', argv))
+        _train(opt, args, command_line('train', argv), policy)
     finally:
         lock.release()
 
 
-def _train(opt, args, command):
+def _train(opt, args, command, policy):
     resume_state = load_resume_state(opt)
     guarded_setup(lambda: _make_folders(opt, resume_state is not None, args.opt, command),
                    opt['path']['experiments_root'])
@@ -66,6 +69,7 @@ def _train(opt, args, command):
     logger = run_logger(log_file)
     logger.info(get_env_info())
     logger.info(dict2str(opt))
+    logger.info(describe(policy))
     tb_logger = init_tb_loggers(opt)
 
     train_loader, train_sampler, val_loaders, total_epochs, total_iters = create_train_val_dataloader(
@@ -168,6 +172,8 @@ def create_train_val_dataloader(opt, logger, resume_state=None):
     val_loaders = []
     for phase, dataset_opt in opt['datasets'].items():
         if phase == 'train':
+            if uses_cuda(opt['num_gpu']):
+                dataset_opt.setdefault('pin_memory', True)  # the model copies batches with non_blocking
             ratio = dataset_opt.get('dataset_enlarge_ratio', 1)
             train_set = SeededDataset(build_dataset(dataset_opt))
             train_sampler = ResumableSampler(train_set, opt['world_size'], opt['rank'], ratio, opt['manual_seed'])

@@ -25,7 +25,7 @@ from tiny_workspace import OPTIONS
 
 STAGE3 = os.path.join(OPTIONS, 'train_edsrbaseline_cadyq.yml')
 IDN_STAGE3 = os.path.join(OPTIONS, 'train_idn_cadyq.yml')
-TEST = os.path.join(OPTIONS, 'test_cadyq_image.yml')
+TEST = os.path.join(OPTIONS, 'test_edsrbaseline_cadyq_image.yml')
 IDN_SMALL = {'num_feat': 32, 'd': 8, 's': 4, 'num_block': 2, 'upscale': 2, 'calib_iters': 0}
 
 

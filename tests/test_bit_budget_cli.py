@@ -92,7 +92,7 @@ def test_auto_resume_continues_the_controller_exactly(ws, trained):
 
 def test_basicsr_test_reports_target_against_reached(ws, trained, tmp_path):
     data = ws['data']
-    test_opt = derive_options(os.path.join(OPTIONS, 'test_cadyq_image.yml'), {
+    test_opt = derive_options(os.path.join(OPTIONS, 'test_edsrbaseline_cadyq_image.yml'), {
         'name': 'budget_test', 'num_gpu': 0,
         'datasets': {'test_1': {'name': 'tiny', 'type': 'CADyQPairedImageDataset', 'filename_tmpl': '{}',
                                 'dataroot_gt': os.path.join(data, 'HR'), 'dataroot_lq': os.path.join(data, 'LR'),

@@ -10,7 +10,7 @@ from cadyq_plugin.tools.derive_options import derive_options
 
 # backbone -> (training options prefix, image-wise test options)
 BACKBONES = {
-    'edsr': ('train_edsrbaseline', 'test_cadyq_image.yml'),
+    'edsr': ('train_edsrbaseline', 'test_edsrbaseline_cadyq_image.yml'),
     'carn': ('train_carn', 'test_carn_cadyq_image.yml'),
     'idn': ('train_idn', 'test_idn_cadyq_image.yml'),
     'srresnet': ('train_srresnet', 'test_srresnet_cadyq_image.yml'),

@@ -12,7 +12,7 @@ from tiny_workspace import OPTIONS, run_cli
 
 STAGE3 = os.path.join(OPTIONS, 'train_edsrbaseline_cadyq.yml')
 STAGE1 = os.path.join(OPTIONS, 'train_edsrbaseline_fp.yml')
-TEST = os.path.join(OPTIONS, 'test_cadyq_image.yml')
+TEST = os.path.join(OPTIONS, 'test_edsrbaseline_cadyq_image.yml')
 
 
 def opt_of(path):

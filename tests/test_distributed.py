@@ -341,7 +341,7 @@ def test_validation_on_two_processes_equals_one_process_on_an_odd_number_of_imag
     outputs, images = {}, {}
     for nproc in (1, 2):
         derive_options(
-            os.path.join(OPTIONS, 'test_cadyq_image.yml'), {
+            os.path.join(OPTIONS, 'test_edsrbaseline_cadyq_image.yml'), {
                 'name': f'val_{nproc}proc', 'num_gpu': 0, **TINY,
                 'datasets': {'test_1': {
                     'name': 'Set5', 'type': 'PairedImageDataset', 'filename_tmpl': '{}', 'io_backend': {'type': 'disk'},

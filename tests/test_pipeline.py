@@ -432,7 +432,7 @@ def test_options_with_missing_test_sets(data, tmp_path):
     model = tmp_path / 'net.pth'
     torch.save({'params': build_tiny_net().state_dict()}, model)
     test_opt = str(tmp_path / 'test.yml')
-    derive_options(os.path.join(OPTIONS, 'test_cadyq_image.yml'), {
+    derive_options(os.path.join(OPTIONS, 'test_edsrbaseline_cadyq_image.yml'), {
         'num_gpu': 0, 'network_g.num_feat': 16, 'network_g.num_block': 2, 'path.pretrain_network_g': str(model),
         'datasets.test_1.dataroot_gt': f'{data}/HR', 'datasets.test_1.dataroot_lq': f'{data}/LR',
         'val.save_img': False}, test_opt)

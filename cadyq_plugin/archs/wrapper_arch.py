@@ -7,6 +7,10 @@ hooks collect the block features and the body output. Everything else is the bac
 its state dict is the backbone's plus the quantizer entries: a checkpoint of the bare backbone (trained in
 stage 1, or a BasicSR release) loads as the FP stage and as a teacher, and the stages load into each other
 like the hand-written ``<Backbone>_CADyQ`` archs.
+
+Under ``torch.nn.DataParallel`` each replica runs its own modules: ``torch.nn.parallel.replicate`` copies only
+modules, parameters and buffers, so a replica builds, once, its own view of the backbone (its replicated tables)
+and its own forward state, and points the hooks of its replicated modules at its own quantizers.
 """
 import copy
 import inspect
@@ -27,6 +31,7 @@ from cadyq_plugin.quant import BitSelector, QConv2d, set_backend
 from cadyq_plugin.quant.int8 import BACKENDS
 
 TRACE_SIZE = 16  # LR side of the traced forward pass (rounded up to a multiple of pad_to)
+_TABLES = ('_modules', '_parameters', '_buffers', '_non_persistent_buffers_set')
 
 
 class WrapperConfigError(ValueError):
@@ -243,7 +248,7 @@ class CADyQWrapper(CADyQNet):
         """Share the backbone's tables of modules, parameters and buffers: the wrapper's module names and state dict
         are the backbone's own, and ``backbone.forward`` runs the modules the wrapper changes. The backbone itself is
         a plain attribute (not a submodule, which would prefix every name)."""
-        for table in ('_modules', '_parameters', '_buffers', '_non_persistent_buffers_set'):
+        for table in _TABLES:
             self.__dict__[table] = backbone.__dict__[table]
         self.__dict__['backbone'] = backbone
 
@@ -263,15 +268,22 @@ class CADyQWrapper(CADyQNet):
                 quantizers[key] = quantizer
             for conv in placement.convs:
                 self.get_submodule(conv).feed_from(quantizers[trace.feeders[conv]])
-        for name in sorted({site.module for site in placement.sites} | set(placement.features) | {placement.body[1]}):
+        site_names = {(site.kind, site.module): site.name for site in placement.sites}
+
+        def quantizer(key):  # (quantizer, its name) at a site; (None, None) in fp mode or where there is none
+            return (quantizers[key], site_names[key]) if key in quantizers else (None, None)
+
+        hooked = sorted({site.module for site in placement.sites} | set(placement.features) | {placement.body[1]})
+        for name in hooked:
             module = self.get_submodule(name)
             if ('input', name) in quantizers or placement.body == ('input', name):
                 module.register_forward_pre_hook(
-                    InputHook(self.state, quantizers.get(('input', name)), body=placement.body == ('input', name)))
+                    InputHook(self.state, *quantizer(('input', name)), body=placement.body == ('input', name)))
             if ('output', name) in quantizers or name in placement.features or placement.body == ('output', name):
                 module.register_forward_hook(
-                    OutputHook(self.state, quantizers.get(('output', name)), feature=name in placement.features,
+                    OutputHook(self.state, *quantizer(('output', name)), feature=name in placement.features,
                                body=placement.body == ('output', name)))
+        self._hooked = tuple(hooked)  # for the replicas of DataParallel (_replica_parts)
         selectors = [q for q in quantizers.values() if isinstance(q, BitSelector)]
         for index, selector in enumerate(selectors):
             selector.index = index
@@ -286,14 +298,41 @@ class CADyQWrapper(CADyQNet):
 
     def forward_features(self, x, record):
         height, width = x.shape[2:]
-        self.state.start(record)
+        replica = self.__dict__.get('_is_replica', False)  # set by torch.nn.parallel.replicate
+        backbone, state = self._replica_parts() if replica else (self.backbone, self.state)
+        state.start(record)
         try:
-            sr = self.backbone(pad_to_multiple(x, self.pad_to))
+            sr = backbone(pad_to_multiple(x, self.pad_to))
         finally:
-            body, feats = self.state.finish()
+            body, feats = state.finish()
         if sr.shape[2] != height * self.upscale or sr.shape[3] != width * self.upscale:
             sr = sr[:, :, :height * self.upscale, :width * self.upscale]
         return sr, body, feats
+
+    def _replica_parts(self):
+        """A DataParallel replica's backbone and forward state (made on its first forward, after ``replicate``
+        filled its tables): the original backbone's attributes over the replica's tables (``replicate`` sets a
+        replica's own parameters as plain attributes), and the hooks of its modules bound to its quantizers and
+        state; the hook tables themselves are the original modules', shared by every replica."""
+        parts = self.__dict__.get('_replica')
+        if parts is not None:
+            return parts
+        original = self.backbone
+        backbone = original.__new__(type(original))
+        backbone.__dict__.update(original.__dict__)
+        backbone.__dict__.update({table: self.__dict__[table] for table in _TABLES})
+        backbone.__dict__.update({name: self.__dict__[name] for name in original._parameters if name in self.__dict__})
+        backbone.__dict__.update(training=self.training, _is_replica=True)
+        state = ForwardState()
+        for name in self._hooked:
+            module = self.get_submodule(name)
+            for table in ('_forward_pre_hooks', '_forward_hooks'):
+                hooks = getattr(module, table)
+                module.__dict__[table] = type(hooks)(
+                    (key, hook.bound_to(self, state) if isinstance(hook, (InputHook, OutputHook)) else hook)
+                    for key, hook in hooks.items())
+        self.__dict__['_replica'] = (backbone, state)
+        return backbone, state
 
     def extra_repr(self):
         return f'backbone={self.arch_type}, quant_mode={self.quant_mode}, selectors={self.n_selectors}'

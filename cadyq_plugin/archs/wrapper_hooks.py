@@ -3,6 +3,8 @@ capture of block features and the body output for ``forward(x, return_aux=True)`
 
 Hooks are objects, not closures: ``copy.deepcopy`` of the network (the MAC counter's meta copy) then copies them
 together with the quantizers and the forward state they point to, so a copy never runs the original's modules.
+A hook also knows its quantizer's name, so that a DataParallel replica can bind a copy of it to the replica's own
+quantizer and forward state (:meth:`InputHook.bound_to`).
 """
 
 
@@ -27,8 +29,12 @@ class ForwardState:
 class InputHook:
     """Forward pre-hook: keeps the raw input as the body output if asked, then quantizes the first argument."""
 
-    def __init__(self, state, quantizer=None, body=False):
-        self.state, self.quantizer, self.body = state, quantizer, body
+    def __init__(self, state, quantizer=None, quantizer_name=None, body=False):
+        self.state, self.quantizer, self.quantizer_name, self.body = state, quantizer, quantizer_name, body
+
+    def bound_to(self, root, state):
+        """This hook on a copy of the network ``root`` (a DataParallel replica), with its forward ``state``."""
+        return type(self)(state, _quantizer_of(root, self.quantizer_name), self.quantizer_name, self.body)
 
     def __call__(self, module, args):
         if self.body:
@@ -41,8 +47,14 @@ class InputHook:
 class OutputHook:
     """Forward hook: keeps the raw output as a block feature and/or the body output, then quantizes it."""
 
-    def __init__(self, state, quantizer=None, feature=False, body=False):
-        self.state, self.quantizer, self.feature, self.body = state, quantizer, feature, body
+    def __init__(self, state, quantizer=None, quantizer_name=None, feature=False, body=False):
+        self.state, self.quantizer, self.quantizer_name = state, quantizer, quantizer_name
+        self.feature, self.body = feature, body
+
+    def bound_to(self, root, state):
+        """This hook on a copy of the network ``root`` (a DataParallel replica), with its forward ``state``."""
+        return type(self)(state, _quantizer_of(root, self.quantizer_name), self.quantizer_name, self.feature,
+                          self.body)
 
     def __call__(self, module, args, output):
         if self.feature:
@@ -52,3 +64,7 @@ class OutputHook:
         if self.quantizer is None:
             return None
         return self.quantizer(output, self.state.record)
+
+
+def _quantizer_of(root, name):
+    return root.get_submodule(name) if name is not None else None

@@ -1,4 +1,5 @@
-"""CADyQModel: stages 2 and 3 of SPEC §4, CADyQSRModel plus a frozen teacher, distillation and the bit loss."""
+"""CADyQModel: training stages 2 and 3 (``docs/method.md#training``), CADyQSRModel plus a frozen teacher,
+distillation and the bit loss."""
 import torch
 from basicsr.archs import build_network
 from basicsr.losses import build_loss

@@ -3,18 +3,25 @@
 Everything here concerns any SR network, quantized or not; :class:`~cadyq_plugin.models.CADyQModel` adds only
 the teacher, the distillation and the bit loss. Beyond ``SRModel``:
 
-- **Devices**: DDP on the CPU (gloo, no ``device_ids``) with the calibration ranges kept in sync across ranks
-  (:func:`cadyq_plugin.distributed.wrap_model`).
+- **Devices**: DDP on the CPU (gloo, no ``device_ids``) with the calibration ranges kept in sync across ranks,
+  and DataParallel with the replicas' ranges combined (:func:`cadyq_plugin.distributed.wrap_model`); the device
+  with its index (``cuda:<current>``), so every tensor a step makes is on the network's device.
+- **No host syncs in a steady-state step on a GPU**: batches are copied with ``non_blocking`` (pinned by the
+  loader on CUDA runs), the step guard decides on the device (Adam, AdamW and SGD run fused on CUDA, which can
+  skip a step without the CPU reading a flag), and the logged losses are summed on the device and read at
+  ``print_freq`` iterations only (:mod:`loss_log`).
 - **Loading**: checkpoints are read with ``weights_only=True``; CADyQ archs load stage-aware and strictly
   (:mod:`stage_loading`: only quantizer/selector entries of an earlier stage may be missing, ``strict_load_g:
   false`` cannot load another backbone, mode or scale silently); other archs keep BasicSR's ``strict`` flag.
 - **Saving**: networks and training states are written atomically, with the permissions of the user's umask,
   three tries then a :class:`~cadyq_plugin.checkpoint.CheckpointError`; a training state also holds every
-  rank's generator states and the step guard's count of bad steps (plain tensors and numbers).
+  rank's generator states, the step guard's count of bad steps and the open window of logged losses (plain
+  tensors and numbers).
 - **Steps**: PAMS calibration during the first ``network_g.calib_iters`` iterations; a step whose loss or
   gradients are not finite is skipped and undone, ``train.max_bad_steps`` in a row stop the run
-  (:mod:`step_guard`); parameter groups for weights (``optim_g``), PAMS ranges (``optim_alpha``) and selectors
-  (``optim_selector``, a separate optimizer); ``avg_bit`` of the training batches is logged.
+  (:mod:`step_guard`; checked after every step on the CPU, at ``print_freq`` iterations and saves on a GPU);
+  parameter groups for weights (``optim_g``), PAMS ranges (``optim_alpha``) and selectors (``optim_selector``, a
+  separate optimizer); ``avg_bit`` of the training batches is logged (the mean since the previous log line).
 - **Inference**: on the bare network (or ``net_g_ema``), image-wise or ``val.patchwise``, with each forward
   pass's bits and MACs (:func:`cadyq_plugin.inference.super_resolve`); validation is sharded over ranks and
   never changes the generators training draws from; FAB/BitOPs metrics, bit maps, TensorBoard bit histograms and
@@ -37,8 +44,9 @@ from cadyq_plugin.deploy import INT8_KEY, load_int8_state_dict
 from cadyq_plugin.distributed import get_dist_info, wrap_model
 from cadyq_plugin.inference import super_resolve
 from cadyq_plugin.metrics import MACCounter
+from cadyq_plugin.models.loss_log import LossLog
 from cadyq_plugin.models.stage_loading import load_stage_weights
-from cadyq_plugin.models.step_guard import DEFAULT_MAX_BAD_STEPS, StepGuard, checkpoint_dirs
+from cadyq_plugin.models.step_guard import DEFAULT_MAX_BAD_STEPS, StepGuard, checkpoint_dirs, skips_on_device
 from cadyq_plugin.models.validation import average_rows, dist_validation, visualization_path
 from cadyq_plugin.quant import BitSelector, PAMSQuant, set_calibration
 from cadyq_plugin.reporting import (log_bit_histograms, log_bit_map, render_bit_map, save_bit_map,
@@ -57,12 +65,32 @@ class CADyQSRModel(SRModel):
 
     def __init__(self, opt):
         self.step_guard = StepGuard((opt.get('train') or {}).get('max_bad_steps', DEFAULT_MAX_BAD_STEPS))
+        self.loss_log = LossLog()
         super().__init__(opt)
         self.mac_counter = MACCounter(self.get_bare_model(self.net_g))
 
     # ----------------------------------------------------------------- networks
     def model_to_device(self, net):
         return wrap_model(net, self.opt, self.device)
+
+    @property
+    def device(self):
+        return self._device
+
+    @device.setter
+    def device(self, device):
+        """BasicSR sets ``cuda``; the plugin keeps the index of the current device, so that comparing devices
+        and making tensors on them means one GPU."""
+        device = torch.device(device)
+        if device.type == 'cuda' and device.index is None and torch.cuda.is_available():
+            device = torch.device('cuda', torch.cuda.current_device())
+        self._device = device
+
+    def feed_data(self, data):
+        """The batch onto the device without waiting for the copy (pinned by the loader on CUDA runs)."""
+        self.lq = data['lq'].to(self.device, non_blocking=True)
+        if 'gt' in data:
+            self.gt = data['gt'].to(self.device, non_blocking=True)
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         """``weights_only`` loading; stage-aware and always strict for CADyQ archs (see the module doc); an int8
@@ -121,16 +149,31 @@ class CADyQSRModel(SRModel):
                         'training state')
 
     def training_state_extras(self):
-        """What this model adds to a training state (plain values and tensors): the count of bad steps."""
-        return {'bad_steps': self.step_guard.bad_steps}
+        """What this model adds to a training state (plain values and tensors): the count of bad steps and the
+        open window of logged losses."""
+        return {'bad_steps': self.step_guard.bad_steps, 'loss_log': self.loss_log.state_dict()}
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
+        for optimizer in self.optimizers:
+            keep_implementation(optimizer)
         self.load_training_state_extras(resume_state.get(STATE_KEY) or {})
 
     def load_training_state_extras(self, extras):
         """Inverse of :meth:`training_state_extras` (a state saved by BasicSR itself has none)."""
         self.step_guard.bad_steps = int(extras.get('bad_steps', 0))
+        if 'loss_log' in extras:
+            self.loss_log.load_state_dict(extras['loss_log'], self.device)
+
+    def save(self, epoch, current_iter):
+        """BasicSR's save, after the step guard's check: nothing is saved once the run has diverged."""
+        self.check_steps(current_iter)
+        super().save(epoch, current_iter)
+
+    def get_current_log(self):
+        """The losses averaged over the iterations since the previous call and over the ranks (a host read: called
+        at ``print_freq`` iterations)."""
+        return self.loss_log.reduce()
 
     # ----------------------------------------------------------------- training
     def parameter_groups(self):
@@ -155,13 +198,16 @@ class CADyQSRModel(SRModel):
         if alphas:
             groups.append({'params': alphas, **{k: v for k, v in (train_opt.get('optim_alpha') or {}).items()
                                                 if k != 'type'}})
-        self.optimizer_g = make_optimizer(optim_type, groups)
+        self.optimizer_g = make_optimizer(optim_type, groups, self.device)
         self.optimizers.append(self.optimizer_g)
         self.optimizer_s = None
         if selectors:
             optim_s = dict(train_opt.get('optim_selector') or train_opt['optim_g'])
-            self.optimizer_s = make_optimizer(optim_s.pop('type'), [{'params': selectors, **optim_s}])
+            self.optimizer_s = make_optimizer(optim_s.pop('type'), [{'params': selectors, **optim_s}], self.device)
             self.optimizers.append(self.optimizer_s)
+        if self.device.type != 'cpu' and not all(skips_on_device(o) for o in self.optimizers):
+            get_root_logger().info('The optimizers cannot skip a non-finite step on the device (only fused Adam, '
+                                   'AdamW and SGD can): the CPU reads the step guard\'s flag every iteration')
 
     def optimize_parameters(self, current_iter):
         """One training step (see the module doc): losses of :meth:`compute_losses`, the step guard, EMA."""
@@ -180,16 +226,31 @@ class CADyQSRModel(SRModel):
         l_total.backward()  # also on a bad step: in DDP every rank must run backward
         if aux is not None and aux['bits'].shape[1]:
             loss_dict['avg_bit'] = aux['bits'].detach().mean()
-        self.log_dict = self.reduce_loss_dict(OrderedDict((k, v.detach()) for k, v in loss_dict.items()))
-        if self.step_guard.finite([l_total.detach()], self.optimizers):
-            for optimizer in self.optimizers:
-                optimizer.step()
-            self.step_guard.good_step()
-            if self.ema_decay > 0:
-                self.model_ema(decay=self.ema_decay)
-        else:
-            self.step_guard.bad_step(self.optimizers, current_iter, self.log_dict, get_root_logger(),
-                                     checkpoint_dirs(self))
+        self.log_dict = OrderedDict((k, v.detach()) for k, v in loss_dict.items())  # this step, this rank
+        ok = self.step_guard.decide([l_total.detach()], self.optimizers)
+        ema = self._ema_snapshot() if self.ema_decay > 0 else None
+        self.step_guard.step(self.optimizers, ok)
+        if ema is not None:
+            self.model_ema(decay=self.ema_decay)
+            with torch.no_grad():  # a skipped step leaves the average alone too
+                torch._foreach_copy_(list(ema), [torch.where(ok, p, saved) for p, saved in ema.items()])
+        self.step_guard.record(ok, current_iter, self.log_dict)
+        self.loss_log.add(self.log_dict, ok)
+        if self.device.type == 'cpu' or self._is_print_iteration(current_iter):
+            self.check_steps(current_iter)
+
+    def check_steps(self, current_iter):
+        """The step guard's host-side check (warnings, the stop); see :mod:`step_guard`."""
+        self.step_guard.check(current_iter, get_root_logger(), self.optimizers, checkpoint_dirs(self))
+
+    def _is_print_iteration(self, current_iter):
+        """``logger.print_freq`` divides ``current_iter`` (never for a model built without a logger section, as
+        the benchmark's: it is checked before saves only)."""
+        print_freq = (self.opt.get('logger') or {}).get('print_freq')
+        return bool(print_freq) and current_iter % int(print_freq) == 0
+
+    def _ema_snapshot(self):
+        return {p: p.detach().clone() for p in self.net_g_ema.parameters()}
 
     def compute_losses(self, aux, current_iter, loss_dict):
         """SRModel's pixel and perceptual losses of ``self.output``; returns their sum, entries in ``loss_dict``."""
@@ -317,9 +378,30 @@ class CADyQSRModel(SRModel):
                            current_iter)
 
 
-def make_optimizer(optim_type, groups):
-    """A ``torch.optim`` optimizer by class name over parameter ``groups``."""
+def keep_implementation(optimizer):
+    """After loading a state saved by another run (on another device, or before optimizers ran fused on CUDA): the
+    implementation chosen for this run (``fused`` / ``foreach`` / ``capturable``; a loaded state brings the saved
+    run's) and the step counts where it keeps them (on the parameters' device when fused or capturable)."""
+    on_device = bool(optimizer.defaults.get('fused') or optimizer.defaults.get('capturable'))
+    for group in optimizer.param_groups:
+        group.update({key: optimizer.defaults[key] for key in ('fused', 'foreach', 'capturable')
+                      if key in optimizer.defaults})
+        for param in group['params']:
+            step = optimizer.state.get(param, {}).get('step')
+            if torch.is_tensor(step):
+                optimizer.state[param]['step'] = step.to(param.device if on_device else 'cpu', torch.float32)
+
+
+FUSED_ON_CUDA = ('Adam', 'AdamW', 'SGD')  # torch.optim classes with a fused CUDA step that honours found_inf
+
+
+def make_optimizer(optim_type, groups, device=None):
+    """A ``torch.optim`` optimizer by class name over parameter ``groups``; on CUDA, Adam, AdamW and SGD run
+    fused unless the options choose an implementation (``fused`` / ``foreach``)."""
     optim_cls = getattr(torch.optim, optim_type, None)
     if optim_cls is None or not isinstance(optim_cls, type):
         raise ValueError(f'unknown optimizer type {optim_type!r}; use a torch.optim class name such as Adam')
-    return optim_cls(groups)
+    chosen = any(key in group for group in groups for key in ('fused', 'foreach'))
+    kwargs = {'fused': True} if device is not None and device.type == 'cuda' and optim_type in FUSED_ON_CUDA and \
+        not chosen else {}
+    return optim_cls(groups, **kwargs)

@@ -2,7 +2,7 @@
 
 Only quantizer and selector entries may be missing, and only for quantizers the checkpoint knows nothing
 about (a previous stage had none there). A PAMS quantizer's range initialises every candidate of the bit
-selector that replaces it (SPEC §4). Everything else that differs is an error listing the differences.
+selector that replaces it. Everything else that differs is an error listing the differences.
 """
 from cadyq_plugin.checkpoint import CheckpointError
 from cadyq_plugin.quant import BitSelector, PAMSQuant

@@ -3,7 +3,8 @@
 For each input ``<name>.<ext>`` it writes ``<name>.png`` (the SR image) and, for a CADyQ network,
 ``<name>_bitmap.png`` into the output folder, through the same inference loop as ``basicsr test``
 (:func:`~cadyq_plugin.inference.super_resolve`). Every input is checked to be a readable image and every output
-to be absent (unless ``--overwrite``) before the first image runs; files are written atomically.
+to be absent (unless ``--overwrite``) before the first image runs; files are written atomically. The network
+runs on ``--device`` (default: the first GPU when there is one, else the CPU; the int8 backend runs on the CPU).
 """
 import argparse
 import os
@@ -23,8 +24,29 @@ def build_parser():
     parser.add_argument('--patch', type=int, help='patch-wise inference with LR patches of this size (e.g. 96)')
     parser.add_argument('--step', type=int, help='patch step (default: patch - 6, the reference\'s 96/90)')
     parser.add_argument('--batch', type=int, default=16, help='patches per forward pass (default: 16)')
+    parser.add_argument('--device', help='where the network runs, e.g. cuda, cuda:1, cpu (default: cuda when a GPU '
+                        'is visible, else cpu; cpu for --backend int8)')
     parser.add_argument('--overwrite', action='store_true', help='replace existing outputs')
     return parser
+
+
+def choose_device(requested, backend):
+    """The ``torch.device`` of ``--device`` (checked), or the default: the current GPU when one is visible and the
+    backend can run there, else the CPU."""
+    import torch
+    if requested is None:
+        on_gpu = torch.cuda.is_available() and backend != 'int8'
+        return torch.device('cuda', torch.cuda.current_device()) if on_gpu else torch.device('cpu')
+    try:
+        device = torch.device(requested)
+    except RuntimeError as err:
+        raise ValueError(f'--device {requested!r}: not a device ({err})') from err
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'--device {requested}: no CUDA GPU is visible here; use --device cpu')
+    if device.type != 'cpu' and backend == 'int8':
+        raise ValueError(f'--device {requested} with --backend int8: the int8 backend runs on x86 CPUs only; use '
+                         '--backend fake on a GPU, or --device cpu')
+    return device
 
 
 def input_images(path):
@@ -61,11 +83,14 @@ def run(args):
             raise FileExistsError(f'{existing[0]} exists ({len(existing)} of the outputs do); pass --overwrite to '
                                   'replace them')
     patchwise = patchwise_options(args)
-    net = build_loaded_network(network_options(args, args.backend), args.model)
+    net_opt = network_options(args, args.backend)
+    device = choose_device(args.device, net_opt.get('backend'))
+    net = build_loaded_network(net_opt, args.model).to(device)
     bit_range = (min(net.quant.bits), max(net.quant.bits)) if hasattr(net, 'quant') else None
     os.makedirs(args.output, exist_ok=True)
     for image in tqdm(images, unit='image', desc='basicsr infer'):
         lq = img2tensor(read_image(image).astype('float32') / 255.0, bgr2rgb=True, float32=True).unsqueeze(0)
+        lq = lq.to(device, non_blocking=True)
         result = super_resolve(net, lq, patchwise)
         sr_img = tensor2img([result.output.detach().cpu()])
         write_png(sr_paths[image], sr_img)

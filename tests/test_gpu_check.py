@@ -1,0 +1,84 @@
+"""``scripts/gpu_check.py``: the whole script with ``--device cpu --quick`` (every check, tiny sizes: the script is
+known to work before a GPU is lent), and its runner: a failing or crashing check is reported while the others
+still run, and a check that no longer fits the time budget is skipped."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+from tiny_workspace import REPO
+
+SCRIPT = os.path.join(REPO, 'scripts', 'gpu_check.py')
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location('gpu_check', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_check_runs_on_the_cpu(tmp_path):
+    report = tmp_path / 'report.md'
+    proc = subprocess.run([sys.executable, SCRIPT, '--device', 'cpu', '--quick', '--out', str(report), '--workdir',
+                           str(tmp_path / 'work'), '--budget', '1500'], capture_output=True, text=True,
+                          timeout=1800, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = report.read_text()
+    failed = [name for name, _, _ in load_script().CHECKS if f'| {name} | ok |' not in text]
+    assert not failed, text[:3000]
+    assert 'Every output on cpu, every parameter with a gradient.' in text
+    assert '| CPU | - | 0 |' in text, 'the golden bits on the CPU'
+    assert 'Resumed against uninterrupted (CPU): 0 of' in text and '(bit-identical)' in text
+    assert '| 2 processes, gloo | 0 |' in text
+    assert 'training step (batch 2, HR patch 32)' in text, 'the benchmark\'s own table'
+
+
+def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    gpu_check = load_script()
+
+    def broken(ctx):
+        raise ValueError('broken on purpose')
+
+    def unmet(ctx):
+        raise gpu_check.CheckFailed('2 cases did not hold')
+
+    monkeypatch.setattr(gpu_check, 'CHECKS', [('broken', broken, 0.3), ('unmet', unmet, 0.3),
+                                              ('fine', lambda ctx: f'fine on {ctx.device}', 0.3)])
+    report = gpu_check.run_checks(['broken', 'unmet', 'fine'], 'cpu', True, str(tmp_path), 100, isolate=False,
+                                  log=lambda line: None)
+    assert '| broken | FAILED |' in report and 'ValueError: broken on purpose' in report
+    assert '| unmet | FAILED |' in report and '2 cases did not hold' in report
+    assert '| fine | ok |' in report and 'fine on cpu' in report
+
+
+def test_a_check_whose_process_fails_is_reported(tmp_path):
+    """The CUDA version check on a machine without a GPU: its process reports the error, the runner the check."""
+    gpu_check = load_script()
+    status, markdown = gpu_check.run_isolated('versions', gpu_check.Context('cuda', True, str(tmp_path), 120))
+    assert status == 'FAILED' and 'Traceback' in markdown
+
+
+def test_checks_that_no_longer_fit_the_budget_are_skipped(tmp_path, monkeypatch):
+    gpu_check = load_script()
+    clock = [0.0]
+
+    def slow(ctx):
+        clock[0] += 97  # seconds of a 100 s budget
+        return 'done'
+
+    monkeypatch.setattr(gpu_check, 'CHECKS', [('slow', slow, 1.0), ('next', lambda ctx: 'ran', 1.0)])
+    report = gpu_check.run_checks(['slow', 'next'], 'cpu', True, str(tmp_path), 100, isolate=False,
+                                  log=lambda line: None, clock=lambda: clock[0])
+    assert '| slow | ok | 97 |' in report
+    assert '| next | skipped |' in report and 'skipped: 3 s of the 100 s budget left' in report
+
+
+def test_only_some_checks(tmp_path):
+    """``--only`` (the documented way to rerun a part) runs those checks, in the order given."""
+    report = tmp_path / 'part.md'
+    proc = subprocess.run([sys.executable, SCRIPT, '--device', 'cpu', '--quick', '--only', 'golden', 'versions',
+                           '--out', str(report)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = report.read_text()
+    assert text.index('| golden | ok |') < text.index('| versions | ok |') and '| torchrun |' not in text
