@@ -33,7 +33,7 @@ class CADyQModel(CADyQSRModel):
         self.bit_budget = BitBudget.of_network(*spec, self.get_bare_model(self.net_g)) if spec else None
         self.budget_report = BudgetReport(self.bit_budget, (opt.get('val') or {}).get('metrics')) if spec else None
         if spec and opt['is_train']:
-            self._prepare_price()
+            self.prepare_price()
             get_root_logger().info(
                 f'Bit budget: {self.bit_budget.name} {self.bit_budget.target:g} (mean bit '
                 f'{self.bit_budget.target_bit:.4f}), held by a price on the selectors\' logits; no bit loss')
@@ -60,9 +60,10 @@ class CADyQModel(CADyQSRModel):
         self._price_step = None
         super().init_training_settings()
 
-    def _prepare_price(self):
-        """What the budget's price works on, made once on the network's device: each selector's bias (in selector
-        order) and ``[n_selectors, n_candidates]`` the cost of each candidate, the target in the user's unit."""
+    def prepare_price(self):
+        """What the budget's price works on, made on the network's device (again after the network moves): each
+        selector's bias (in selector order), ``[n_selectors, n_candidates]`` the cost of each candidate, the target
+        in the user's unit and the controller's state."""
         selectors = sorted((m for m in self.get_bare_model(self.net_g).modules() if isinstance(m, BitSelector)),
                            key=lambda m: m.index)
         self._selector_biases = [m.fc.bias for m in selectors]

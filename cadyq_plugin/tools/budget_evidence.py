@@ -70,7 +70,7 @@ def run_backbone(arch, targets, iters, args, data, workdir):
         train_opt = os.path.join(workdir, 'options', f'{prefix}_{stage}.yml')
         opt = derive_options(os.path.join(OPTIONS, f'{prefix}_{stage}.yml'),
                              {**stage_overrides(data, stage, stage_iters, args.batch, args.gt_size),
-                              **network_overrides(args, stage)}, train_opt)
+                              **network_overrides(args, stage, arch)}, train_opt)
         if not os.path.isfile(os.path.join(workdir, 'experiments', opt['name'], 'models', 'net_g_latest.pth')):
             run(['train', '-opt', train_opt], workdir, os.path.join(workdir, f'train_{arch}_{stage}.log'))
     results = []
@@ -79,7 +79,7 @@ def run_backbone(arch, targets, iters, args, data, workdir):
         label = ', '.join(f'{key} {value:g}' for key, value in settings.items())
         name = run_name(arch, target, settings)
         overrides = stage_overrides(data, 'cadyq', iters[2], args.batch, args.gt_size)
-        overrides.update(network_overrides(args, 'cadyq'))
+        overrides.update(network_overrides(args, 'cadyq', arch))
         overrides.update({f'train.bit_opt.{key}': value for key, value in settings.items()})
         overrides.update({'name': name, 'train.bit_opt.target_fab': target, 'logger.print_freq': 1,
                           'val.val_freq': max(1, iters[2] // 6), 'logger.use_tb_logger': False})
@@ -133,11 +133,13 @@ def network_fab(options_path, experiment_dir, lr_folder, batch=16):
     return float(torch.cat(bits).mean())
 
 
-def network_overrides(args, stage):
-    """``args.network`` ({arch argument: value}, e.g. a smaller ``num_block`` for a quick run) for the student and,
-    in the distilling stages, the teacher."""
+def network_overrides(args, stage, arch):
+    """The arch arguments ``args.network`` gives ``arch`` (``{arch or None: {argument: value}}``, None for every
+    backbone; e.g. a smaller ``num_feat`` for a quick run) for the student and, in the distilling stages, the
+    teacher."""
     nets = ('network_g',) if stage == 'fp' else ('network_g', 'network_t')
-    settings = getattr(args, 'network', None) or {}
+    network = getattr(args, 'network', None) or {}
+    settings = {**network.get(None, {}), **network.get(arch, {})}
     return {f'{net}.{key}': value for net in nets for key, value in settings.items()}
 
 

@@ -143,7 +143,7 @@ def train_fixed_bit(arch, bits, iters, args, data, workdir):
     name = f'evidence_{arch}_pams{bits}_{iters}it'
     path = os.path.join(workdir, 'options', f'{name}.yml')
     overrides = stage_overrides(data, 'pams', iters, args.batch, args.gt_size)
-    overrides.update(budget_evidence.network_overrides(args, 'pams'))
+    overrides.update(budget_evidence.network_overrides(args, 'pams', arch))
     overrides.update({'name': name, 'network_g.a_bits': bits, 'logger.use_tb_logger': False})
     derive_options(os.path.join(OPTIONS, f'{prefix}_pams.yml'), overrides, path)
     if not os.path.isfile(os.path.join(experiment_dir(workdir, name), 'models', 'net_g_latest.pth')):
@@ -343,11 +343,23 @@ def run_evidence(args):
 
 
 def network_setting(text):
-    """``key=value`` of ``--network``: an integer arch argument (sizes)."""
-    key, sep, value = text.partition('=')
-    if not sep or not key.isidentifier() or not value.isdigit():
-        raise argparse.ArgumentTypeError(f'{text!r}: expected KEY=INTEGER, an arch argument such as num_block=4')
-    return key, int(value)
+    """``[ARCH:]KEY=VALUE`` of ``--network``: an integer arch argument (sizes) for ``ARCH`` or every backbone;
+    ``(arch or None, key, value)``."""
+    arch, sep, setting = text.rpartition(':')
+    key, sep, value = setting.partition('=')
+    if not sep or not key.isidentifier() or not value.isdigit() or (arch and arch not in BACKBONE_OPTIONS):
+        raise argparse.ArgumentTypeError(
+            f'{text!r}: expected [ARCH:]KEY=INTEGER, an arch argument such as num_block=4 or edsr:num_feat=32 '
+            f'(ARCH one of {", ".join(sorted(BACKBONE_OPTIONS))})')
+    return arch or None, key, int(value)
+
+
+def network_settings(settings):
+    """``{arch or None: {key: value}}`` of the parsed ``--network`` settings."""
+    network = {}
+    for arch, key, value in settings:
+        network.setdefault(arch, {})[key] = value
+    return network
 
 
 def main(argv=None):
@@ -366,15 +378,15 @@ def main(argv=None):
     parser.add_argument('--gt-size', type=int, default=64, help='HR training patch size')
     parser.add_argument('--tail', type=float, default=0.2, help='fraction of the run the training FAB is averaged '
                         'over')
-    parser.add_argument('--network', nargs='*', type=network_setting, default=[], metavar='KEY=VALUE',
-                        help='arch arguments of every stage, e.g. num_block=4 for a quicker run (default: the '
-                        'reference networks)')
+    parser.add_argument('--network', nargs='*', type=network_setting, default=[], metavar='[ARCH:]KEY=VALUE',
+                        help='arch arguments of every stage, for one backbone (edsr:num_feat=32) or all '
+                        '(num_block=4), for a quicker run (default: the reference networks)')
     parser.add_argument('--photos', nargs='+', choices=HELDOUT, default=list(HELDOUT), help='held-out photos')
     parser.add_argument('--bit-map-photos', nargs='+', default=BIT_MAP_PHOTOS, help='the photos of the bit maps')
     parser.add_argument('--workdir', default='evidence_workdir', help='runs, logs and tables')
     parser.add_argument('--figures', default=os.path.join(REPO, 'docs', 'evidence'))
     args = parser.parse_args(argv)
-    args.network = dict(args.network)
+    args.network = network_settings(args.network)
     if args.content_target not in args.targets:
         parser.error(f'--content-target {args.content_target:g} must be one of --targets')
     if not set(args.bit_map_photos) <= set(args.photos):
