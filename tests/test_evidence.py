@@ -120,18 +120,79 @@ def test_tables_and_figures(tmp_path):
         assert (tmp_path / f'{name}.png').read_bytes()[:4] == b'\x89PNG'
 
 
-def test_the_evidence_command_end_to_end(tmp_path):
+@pytest.mark.parametrize('text, parsed', [('num_block=4', (None, 'num_block', 4)),
+                                          ('edsr:num_feat=32', ('edsr', 'num_feat', 32))])
+def test_network_settings_parse_for_one_backbone_or_all(text, parsed):
+    assert evidence.network_setting(text) == parsed
+
+
+@pytest.mark.parametrize('text', ['num_block', 'num_block=x', 'rcan:num_feat=8', '4=4', 'num_feat=-8'])
+def test_bad_network_settings_are_named(text):
+    import argparse
+    with pytest.raises(argparse.ArgumentTypeError, match='expected \\[ARCH:\\]KEY=INTEGER'):
+        evidence.network_setting(text)
+
+
+def test_a_backbones_network_setting_overrides_the_common_one_for_it_only():
+    from argparse import Namespace
+
+    from cadyq_plugin.tools.budget_evidence import network_overrides
+    args = Namespace(network=evidence.network_settings([evidence.network_setting(t) for t in (
+        'num_block=2', 'edsr:num_block=8', 'edsr:num_feat=32')]))
+    assert network_overrides(args, 'fp', 'edsr') == {'network_g.num_block': 8, 'network_g.num_feat': 32}
+    assert network_overrides(args, 'cadyq', 'carn') == {'network_g.num_block': 2, 'network_t.num_block': 2}
+    assert network_overrides(Namespace(), 'pams', 'idn') == {}
+
+
+def _log_mean_fab(log, tail):
+    """The mean ``avg_bit`` of the last ``tail`` of a training log's iteration lines, read here with a regex of
+    its own (the second code path of the tool's log parsing)."""
+    import re
+    values = [float(m.group(1)) for m in re.finditer(r'avg_bit: ([-+.\de]+)', log.read_text())]
+    last = values[-max(1, round(len(values) * tail)):]
+    return sum(last) / len(last)
+
+
+def test_the_evidence_command_end_to_end_and_reuses_finished_runs(tmp_path):
     """``scripts/evidence.py`` on a small EDSR-baseline with a few iterations and two small photos: every stage is
-    trained through ``basicsr train``, and the tables and figures are written."""
-    figures = tmp_path / 'figures'
-    proc = subprocess.run([sys.executable, os.path.join(REPO, 'scripts', 'evidence.py'), '--archs', 'edsr',
-                           '--iters', '2', '1', '2', '--targets', '6', '--content-target', '6', '--quality', 'edsr',
-                           '--quality-targets', '6', '--fixed-bits', '8', '--photos', 'coins', 'text',
-                           '--bit-map-photos', 'coins', 'text', '--network', 'num_feat=8', 'num_block=1',
-                           '--workdir', str(tmp_path / 'work'),
-                           '--figures', str(figures)], capture_output=True, text=True, timeout=900,
+    trained through ``basicsr train`` with the ``--network`` sizes, the budget row is the training log's, the
+    tables and figures are written; a second run trains nothing again and gives the same results."""
+    import json
+
+    import cv2
+    import yaml
+    figures, work = tmp_path / 'figures', tmp_path / 'work'
+    command = [sys.executable, os.path.join(REPO, 'scripts', 'evidence.py'), '--archs', 'edsr', '--iters', '2', '1',
+               '5', '--targets', '6', '--content-target', '6', '--quality', 'edsr', '--quality-targets', '6',
+               '--fixed-bits', '8', '--photos', 'coins', 'text', '--bit-map-photos', 'coins', 'text', '--network',
+               'num_block=1', 'edsr:num_feat=8', '--workdir', str(work), '--figures', str(figures)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert '| EDSR-baseline | 6.00 |' in proc.stdout and 'PAMS 8-bit' in proc.stdout
     assert sorted(os.listdir(figures)) == ['bit_maps.png', 'budget_fab.png', 'content_scatter.png', 'psnr_fab.png']
-    assert (tmp_path / 'work' / 'evidence.json').is_file() and (tmp_path / 'work' / 'evidence.md').is_file()
+    assert all((figures / f).read_bytes()[:4] == b'\x89PNG' for f in os.listdir(figures))
+    for name, nets in (('train_edsrbaseline_fp', ('network_g',)), ('train_edsrbaseline_pams', ('network_g', 'network_t')),
+                       ('budget_edsr_fab6', ('network_g', 'network_t')), ('evidence_edsr_pams8_6it', ('network_g',))):
+        with open(work / 'options' / f'{name}.yml') as f:
+            opt = yaml.safe_load(f)
+        assert all((opt[net]['num_feat'], opt[net]['num_block']) == (8, 1) for net in nets), name
+    report = json.loads((work / 'evidence.json').read_text())
+    (row,) = report['budget']
+    log = next((work / 'experiments' / 'budget_edsr_fab6').glob('train_*.log'))
+    assert row['train_fab'] == pytest.approx(_log_mean_fab(log, 0.2))
+    (content,) = report['content']
+    lrs = [cv2.imread(str(work / 'heldout' / 'LR' / f'{name}.png')) for name in ('coins', 'text')]
+    assert content['n_patches'] == sum(len(patch_boxes(*lr.shape[:2], 96, 90)) for lr in lrs)
+    assert content['fab_min'] <= row['heldout_fab'] <= content['fab_max']
+    assert (work / 'evidence.md').read_text().startswith(evidence.format_budget_table(report['budget']))
+
+    trained = {p: p.stat().st_mtime_ns for p in work.glob('experiments/*/models/net_g_latest.pth')}
+    assert len(trained) == 4  # FP, PAMS W8A8, CADyQ to 6, the fixed 8-bit PAMS network
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                           env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in work.glob('experiments/*/models/net_g_latest.pth')} == trained
+    rerun = json.loads((work / 'evidence.json').read_text())
+    assert (rerun['budget'], rerun['content'], rerun['quality']) == (report['budget'], report['content'],
+                                                                   report['quality'])
