@@ -322,6 +322,15 @@ def run_evidence(args):
             quality[arch] = {'fixed': fixed, 'fp': summary(fp)['psnr'],
                              'cadyq': [{'target': t, **summary(cadyq[t])} for t in args.quality_targets]}
         print(f'[evidence] {arch}: done ({time.time() - started:.0f} s)', flush=True)
+        report = write_results(args, workdir, time.time() - started, curves, budget_rows, content_rows, evaluations,
+                               maps, quality)
+    print(f'wall time: {report["seconds"]:.0f} s; figures in {os.path.abspath(args.figures)}')
+    return report
+
+
+def write_results(args, workdir, seconds, curves, budget_rows, content_rows, evaluations, maps, quality):
+    """The tables (``evidence.md``, printed), ``evidence.json`` and the figures of the backbones done so far
+    (written after each one, so a run stopped later keeps them)."""
     relations = {r['arch']: r for r in content_rows if r['target'] == args.content_target}
     figures = os.path.abspath(args.figures)
     budget_evidence.plot(curves, os.path.join(figures, 'budget_fab.png'))
@@ -329,16 +338,15 @@ def run_evidence(args):
     plot_bit_maps(maps, os.path.join(figures, 'bit_maps.png'))
     if quality:
         plot_quality(quality, os.path.join(figures, 'psnr_fab.png'))
-    report = {'args': {k: v for k, v in vars(args).items()}, 'seconds': time.time() - started,
+    report = {'args': {k: v for k, v in vars(args).items()}, 'seconds': seconds,
               'budget': budget_rows, 'content': content_rows, 'quality': quality}
     tables = '\n\n'.join([format_budget_table(budget_rows), format_content_table(content_rows)] +
                          ([format_quality_table(quality)] if quality else []))
     with open(os.path.join(workdir, 'evidence.json'), 'w') as f:
         json.dump(report, f, indent=1)
     with open(os.path.join(workdir, 'evidence.md'), 'w') as f:
-        f.write(tables + f'\n\nwall time: {report["seconds"]:.0f} s\n')
-    print(tables)
-    print(f'wall time: {report["seconds"]:.0f} s; figures in {figures}')
+        f.write(tables + f'\n\nwall time: {seconds:.0f} s\n')
+    print(tables, flush=True)
     return report
 
 
@@ -364,7 +372,7 @@ def network_settings(settings):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--archs', nargs='*', choices=sorted(BACKBONE_OPTIONS), default=['edsr', 'carn', 'idn',
+    parser.add_argument('--archs', nargs='+', choices=sorted(BACKBONE_OPTIONS), default=['edsr', 'carn', 'idn',
                                                                                           'srresnet'])
     parser.add_argument('--targets', type=float, nargs='+', default=[5.0, 6.0, 7.0], help='the budget table')
     parser.add_argument('--content-target', type=float, default=6.0,
