@@ -1,9 +1,15 @@
 """A bit budget the selectors can meet (``train.bit_opt.target_fab`` / ``target_bitops``, or ``val.target_*`` in
 a test options file)."""
+import inspect
+
 from cadyq_plugin.config_check.model_type import CADYQ_MODELS, is_distilling_model
+from cadyq_plugin.losses.bit_loss import RETIRED_KEYS, budget_problems
 from cadyq_plugin.registries import lookup
 
 TARGET_KEYS = ('target_fab', 'target_bitops')
+# the controller's settings: what budget_problems checks besides the targets (and the retired keys it refuses)
+CONTROLLER_KEYS = tuple(name for name, p in inspect.signature(budget_problems).parameters.items()
+                        if p.kind is p.POSITIONAL_OR_KEYWORD and name not in TARGET_KEYS)
 
 
 def check_bit_budget(opt, phase, student, problems):
@@ -11,7 +17,6 @@ def check_bit_budget(opt, phase, student, problems):
     test options file, what the tested network was trained to), one target, strictly inside what every selector at
     its lowest / highest candidate gives, on a cadyq network. The BitOPs range is counted on the network built on
     the ``meta`` device (shapes only, no weights)."""
-    from cadyq_plugin.losses.bit_loss import budget_problems
     val = opt.get('val') if isinstance(opt.get('val'), dict) else {}
     val_targets = {k: val[k] for k in TARGET_KEYS if val.get(k) is not None}
     if phase == 'train':
@@ -23,10 +28,10 @@ def check_bit_budget(opt, phase, student, problems):
     else:
         where, section = 'val', val_targets
     targets = {k: section[k] for k in TARGET_KEYS if section.get(k) is not None}
-    if not targets:
+    retired = {k: section[k] for k in RETIRED_KEYS if k in section} if phase == 'train' else {}
+    if not targets and not retired:
         return
-    found = budget_problems(**targets, **{k: section[k] for k in ('kp', 'ki', 'smoothing', 'integral_band')
-                                          if k in section})
+    found = budget_problems(**targets, **{k: section[k] for k in CONTROLLER_KEYS if k in section}, **retired)
     for key, value, expected in found:
         problems.add(f'{where}.{key}', value, expected)
     if found:

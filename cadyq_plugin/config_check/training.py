@@ -1,9 +1,10 @@
 """The ``train`` section (iterations, optimizers, scheduler, losses), the frequencies of logging, checkpoints and
 validation, and ``train.compile`` / ``val.compile``."""
 from cadyq_plugin.config_check.basicsr_keys import SCHEDULERS
-from cadyq_plugin.config_check.keys import check_unknown_keys
+from cadyq_plugin.config_check.keys import check_unknown_keys, known_keys
 from cadyq_plugin.config_check.model_type import CADYQ_MODELS, is_cadyq_model, needs_pixel_or_perceptual_loss
 from cadyq_plugin.losses import ATLoss, BitLoss
+from cadyq_plugin.losses.bit_loss import RETIRED_KEYS
 from cadyq_plugin.models.compiling import check_compile_value
 from cadyq_plugin.models.step_guard import DEFAULT_MAX_BAD_STEPS
 from cadyq_plugin.problems import did_you_mean, is_count
@@ -30,7 +31,10 @@ def check_train(opt, problems):
                          f'{opt.get("model_type")} trains with at least one of them')
     for name, section in train.items():
         if str(name).endswith('_opt') and isinstance(section, dict) and section.get('type') in PLUGIN_LOSSES:
-            check_unknown_keys(opt, ('train', name), problems)
+            known = known_keys(opt, ('train', name))
+            if section['type'] == BitLoss.__name__ and known is not None:  # retired keys get their own message
+                known = known | set(RETIRED_KEYS)
+            check_unknown_keys(opt, ('train', name), problems, known)
     logger = opt.get('logger') or {}
     for name in ('print_freq', 'save_checkpoint_freq'):
         if not is_count(logger.get(name)):

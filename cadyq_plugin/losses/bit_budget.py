@@ -1,68 +1,70 @@
-"""The controller that steers the bit-loss weight so that the training batches' mean bit reaches a budget.
+"""The controller that holds the training batches' mean bit at a budget: a price on bits in the selectors' logits.
 
-A PI controller on the weight, acting on the running (exponentially smoothed) error ``e = mean bit - target``::
+Every bit selector chooses ``argmax_k z_k`` over its candidates' logits. A price ``lambda`` (logits per bit) makes
+it choose ``argmax_k (z_k - lambda * s_l * bits_k)`` instead (``s_l``: the selector's cost per bit, 1 for a FAB
+budget, its BitOPs per bit normalised to mean 1 for a BitOPs budget): the Lagrangian relaxation of "mean bit =
+target", where each selector and patch keeps a higher candidate only while what its logits prefer outweighs the
+price of the extra bits. A shift of a logit by a constant per candidate is a shift of the selector's bias, so the
+price is applied to the biases themselves (by the model, after each step): the trained network carries its
+price, inference needs nothing else, and the selectors' other parameters learn from the distortion losses only.
 
-    r_t = s * r_{t-1} + (1 - s) * e_t        (r_1 = e_1)
-    I_t = I_{t-1} + r_t   (with a band: only if |r_t| <= band, else I_{t-1})
-    w_t = scale * (kp * r_t + ki * I_t)
+Its integral controller, on the running error of the (global) batches' mean bit::
 
-Why PI: the selectors integrate what the loss asks of them (their parameters move a little every step, through
-Adam's momentum), so the mean bit responds to the weight like an integrator with a lag. An integral term alone
-(a Lagrange multiplier by dual ascent) then makes an undamped loop that oscillates around the target; the
-proportional term damps it. A penalty alone (a hinge, or a two-sided squared penalty) settles where its pull
-balances the distortion loss's pull towards high bits, i.e. off target by an amount that depends on the losses;
-the integral term finds the balancing weight instead, so the steady-state error is zero. The weight is signed:
-above the target it lowers the bits, below it raises them (a negative weight), so the target is reached from
-either side. The smoothing only takes the noise of single batches off the proportional term: a long running mean is
-a lag inside the loop, which lets the bits overshoot far past the target when they move fast. The integral only
-accumulates while the running error is within ``band`` bits of the target (conditional integration, an anti-windup):
-far from it the proportional term already pushes hard, and the selectors can take a hundred iterations to leave a
-saturated start (CARN stays at 8 bits for over 100 iterations), during which an unconditional integral winds up to
-many times the balancing weight and then drives the bits to the lowest candidate long after they crossed the target.
-It is plain arithmetic on Python floats, identical on every rank given the same (global) error, and its whole state
-is three numbers (:meth:`state_dict`), so a resumed run continues it exactly.
+    e_t = mean bit - target,   r_t = s * r_{t-1} + (1 - s) * e_t    (r_1 = e_1)
+    lambda_t = lambda_{t-1} + gain * (|lambda_{t-1}| + floor) * r_t      (lambda_0 = 0)
+
+The step is relative to the price itself: the logits' scale differs by orders of magnitude between backbones (the
+selector's input is the image gradient times ``grad_scale`` and the std of activations on the backbone's own
+scale: about 1e3 for EDSR-baseline, 1 for CARN) and grows while the selectors learn, and so does the price that
+holds a budget; a relative step reaches any scale in a few tens of iterations. ``floor`` (logits per bit) lets it
+leave 0 and cross it. The mean bit responds to the price at once (it is a function of the current logits; no
+optimizer lags in the loop), so an integral term settles it; the smoothing ``s`` keeps the loop stable where the
+mean bit is very sensitive to the price (nearly content-blind selectors, whose batch FAB jumps by bits for a 2 %
+change of the price: with the raw batch error the price alternated around that point every iteration).
+
+The state (the number of updates and two tensors) is in the training state (:meth:`state_dict`), so a resumed run
+continues it exactly; the update runs on the device of the error, without waiting for it (no ``.item()``).
 """
+import torch
 
 
 class BudgetController:
-    """PI controller of the bit-loss weight (see the module doc).
+    """Integral controller of the bit price (see the module doc).
 
     Args:
-        scale (float): weight per unit of controller output (BitLoss's ``loss_weight``).
-        kp (float): proportional gain, per bit of running error.
-        ki (float): integral gain, per bit of running error and iteration.
-        smoothing (float): ``s`` of the running error, in [0, 1) (0: the batch's own error).
-        band (float | None): the integral accumulates only while ``|running error| <= band`` (bits); None: always.
+        gain (float): relative step of the price per bit of error.
+        floor (float): the price's step at price 0, per bit of error, as a price (logits per bit).
+        smoothing (float): ``s`` of the running error, in [0, 1).
     """
 
-    def __init__(self, scale, kp, ki, smoothing, band):
-        self.scale = float(scale)
-        self.kp = float(kp)
-        self.ki = float(ki)
+    def __init__(self, gain, floor, smoothing):
+        self.gain = float(gain)
+        self.floor = float(floor)
         self.smoothing = float(smoothing)
-        self.band = None if band is None else float(band)
         self.steps = 0
-        self.running = 0.0
-        self.integral = 0.0
-
-    @property
-    def weight(self):
-        """The bit-loss weight of the latest update (0 before the first)."""
-        return self.scale * (self.kp * self.running + self.ki * self.integral)
+        self.running = torch.zeros(())
+        self.price = torch.zeros(())
 
     def update(self, error):
-        """One iteration's error (mean bit minus target, in bits); returns the new weight."""
+        """One iteration's error (mean bit minus target, a 0-dim tensor); returns the change of the price."""
+        error = error.detach().float()
+        if self.steps == 0:
+            self.running, self.price = error.clone(), torch.zeros_like(error)
+        else:
+            self.running = self.smoothing * self.running + (1 - self.smoothing) * error
+        step = self.gain * (self.price.abs() + self.floor) * self.running
+        self.price = self.price + step
         self.steps += 1
-        error = float(error)
-        self.running = error if self.steps == 1 else self.smoothing * self.running + (1 - self.smoothing) * error
-        if self.band is None or abs(self.running) <= self.band:
-            self.integral += self.running
-        return self.weight
+        return step
 
     def state_dict(self):
-        return {'steps': self.steps, 'running': self.running, 'integral': self.integral}
+        return {'steps': self.steps, 'running': self.running.detach().cpu(), 'price': self.price.detach().cpu()}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, device=None):
+        if 'price' not in state:
+            raise ValueError('the training state holds the bit-loss weight controller of an earlier version '
+                             f'(keys {sorted(state)}); the budget is now steered by a price on the selectors\' '
+                             'logits: resume with that version, or start the stage again from its initial network')
         self.steps = int(state['steps'])
-        self.running = float(state['running'])
-        self.integral = float(state['integral'])
+        self.running = torch.as_tensor(state['running'], dtype=torch.float32, device=device).clone()
+        self.price = torch.as_tensor(state['price'], dtype=torch.float32, device=device).clone()
