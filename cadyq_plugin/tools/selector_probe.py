@@ -1,7 +1,7 @@
 """Instrumented CADyQ training: what the bit selectors see, choose and learn, per window of iterations.
 
 Runs a CADyQ training options file in this process for ``--iters`` iterations (the model's own step on the
-training set of the file) with forward hooks on every selector's linear layer, and prints per window:
+training set of the file) with forward hooks on every selector, and prints per window:
 
 - ``FAB``: the training batches' FAB; ``weight`` (the bit loss's weight, with the reference loss) or ``price`` (a
   budget's price, logits per bit);
@@ -17,13 +17,18 @@ training set of the file) with forward hooks on every selector's linear layer, a
   the other losses alone, would move ``z_8 - z_4`` (from the per-sample logit gradients and the inputs).
 
 The bit loss's logit gradient is computed in closed form (``w * p_k (b_k - E_p[b]) / E_p[b]`` per selector and
-sample, reduction ``sum``); the rest is the total (a hook on the logits) minus it.
+sample, reduction ``sum``); the rest is the distortion losses' gradient reaching the selector's output, taken
+through the mixture and the softmax as the selector's backward does.
 """
 import argparse
 import os
 import sys
 
 import torch
+import torch.nn.functional as F
+
+from cadyq_plugin.quant.act_quant import mixture_gradients
+from cadyq_plugin.quant.bit_selector import layer_std
 
 SMALL_BITS, LARGE_BITS = 0, -1  # candidate columns of z_8 - z_4 (the smallest and the largest candidate)
 
@@ -40,19 +45,32 @@ def spearman(x, y):
 
 
 class SelectorTap:
-    """Forward hooks on every selector's ``fc``: its input and logits, and the gradient reaching the logits."""
+    """Forward hooks on every selector: its linear layer's input and logits (recomputed from the selector's input and
+    the image feature, as the selector computes them), and the other losses' gradient on the logits (the mixture's
+    gradient of the selector's output, through the softmax)."""
 
     def __init__(self, selectors):
         self.selectors = selectors
         self.records = {}
-        self.handles = [s.fc.register_forward_hook(self._hook(i)) for i, s in enumerate(selectors)]
+        self.handles = [s.register_forward_hook(self._hook(i)) for i, s in enumerate(selectors)]
 
     def _hook(self, index):
-        def hook(module, inputs, logits):
-            record = {'input': inputs[0].detach().clone(), 'logits': logits.detach().clone(), 'grad': None}
+        def hook(selector, args, y):
+            x, bit_record = args[0].detach(), args[1]
+            with torch.no_grad():
+                inputs = torch.cat([bit_record.image_feature, layer_std(x)], dim=1).detach()
+                logits = F.linear(inputs, selector.fc.weight, selector.fc.bias)
+            record = {'input': inputs, 'logits': logits, 'rest': None}
             self.records[index] = record
-            if logits.requires_grad:
-                logits.register_hook(lambda grad: record.__setitem__('grad', grad.detach().clone()))
+            if y.requires_grad:
+                probs = torch.softmax(logits, dim=1)
+                alphas = torch.cat([q.alpha.detach() for q in selector.quantizers])
+                clip = not (selector.training and selector.calibrating)
+
+                def distortion_gradient(grad_y):
+                    _, _, grad_probs = mixture_gradients(grad_y, x, alphas, selector.levels, probs, None, clip)
+                    record['rest'] = torch.ops.aten._softmax_backward_data(grad_probs, probs, 1, probs.dtype)
+                y.register_hook(distortion_gradient)
         return hook
 
     def close(self):
@@ -79,7 +97,7 @@ def iteration_record(tap, parameters_before, weight):
         weight_before, bias_before = parameters_before[index]
         change = inputs @ (selector.fc.weight.detach() - weight_before).t() + selector.fc.bias.detach() - bias_before
         out.append({'input': inputs, 'bits': selector.bit_values[logits.argmax(dim=1)], 'bit': bit,
-                    'rest': None if record['grad'] is None else record['grad'] - bit, 'change': change})
+                    'rest': record['rest'], 'change': change})
     return out
 
 
