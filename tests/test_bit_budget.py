@@ -13,11 +13,11 @@ from cadyq_plugin.archs import EDSR_CADyQ, IDN_CADyQ
 from cadyq_plugin.archs.wrapper_arch import CADyQWrapper
 from cadyq_plugin.config_check import ConfigError, check_options
 from cadyq_plugin.losses import BitLoss
-from cadyq_plugin.losses.bit_budget import BudgetController
+from cadyq_plugin.budget.controller import BudgetController
 from cadyq_plugin.metrics import bitops_per_bit, count_layer_macs, forward_bitops
-from cadyq_plugin.metrics.budget import BitBudget
+from cadyq_plugin.budget.target import BitBudget
 from cadyq_plugin.models import CADyQModel
-from cadyq_plugin.models.budget_report import BudgetReport
+from cadyq_plugin.budget.report import BudgetReport
 from cadyq_plugin.options import read_yml
 from cadyq_plugin.quant import BitSelector
 from cadyq_plugin.reporting import read_results_csv, write_results_table

@@ -12,8 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import cadyq_plugin  # noqa: F401  (compat shim before basicsr)
 from cadyq_plugin.archs import EDSR_CADyQ, IDN_CADyQ
-from cadyq_plugin.losses.bit_budget import BudgetController
-from cadyq_plugin.metrics.budget import BitBudget
+from cadyq_plugin.budget.controller import BudgetController
+from cadyq_plugin.budget.target import BitBudget
 from cadyq_plugin.models import CADyQModel
 
 SCALAR_READS = {torch.ops.aten._local_scalar_dense.default}

@@ -21,7 +21,7 @@ from cadyq_plugin.inference import super_resolve
 from cadyq_plugin.losses.bit_loss import BitLoss
 from cadyq_plugin.losses.distill_loss import ATLoss
 from cadyq_plugin.metrics import MACCounter
-from cadyq_plugin.metrics.budget import BitBudget
+from cadyq_plugin.budget.target import BitBudget
 from cadyq_plugin.quant import BitSelector, PAMSQuant, set_calibration
 
 CUDA0, CUDA1 = torch.device('cuda', 0), torch.device('cuda', 1)

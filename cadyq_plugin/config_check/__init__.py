@@ -19,11 +19,11 @@ models carry no CADyQ advice: a stock options file passes unless BasicSR itself 
 losses and pipelines read when present); ``--force_yml`` uses it to refuse paths that would silently do nothing.
 """
 from cadyq_plugin.archs.network_options import bits_problem
-from cadyq_plugin.config_check.budget import check_bit_budget
+from cadyq_plugin.budget.check import check_bit_budget
 from cadyq_plugin.config_check.datasets import check_datasets
 from cadyq_plugin.config_check.keys import known_keys
 from cadyq_plugin.config_check.launch import check_devices, check_launch
-from cadyq_plugin.config_check.model_type import check_name_and_model
+from cadyq_plugin.config_check.model_type import check_name_and_model, is_distilling_model
 from cadyq_plugin.config_check.network import check_networks, check_scale, check_teacher
 from cadyq_plugin.config_check.paths import check_paths
 from cadyq_plugin.config_check.training import check_compile, check_train
@@ -73,7 +73,7 @@ def check_options(opt, yml_path, phase='train', resuming=False, check_files=True
     if phase == 'train':
         check_train(opt, problems)
     check_val(opt, phase, student, problems)
-    check_bit_budget(opt, phase, student, problems)
+    check_bit_budget(opt, phase, student, problems, is_distilling_model(opt))
     check_compile(opt, problems)
     if problems:
         raise ConfigError(yml_path, problems)

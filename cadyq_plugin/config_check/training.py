@@ -4,7 +4,7 @@ from cadyq_plugin.config_check.basicsr_keys import SCHEDULERS
 from cadyq_plugin.config_check.keys import check_unknown_keys, known_keys
 from cadyq_plugin.config_check.model_type import CADYQ_MODELS, is_cadyq_model, needs_pixel_or_perceptual_loss
 from cadyq_plugin.losses import ATLoss, BitLoss
-from cadyq_plugin.losses.bit_loss import RETIRED_KEYS
+from cadyq_plugin.budget.controller import RETIRED_KEYS
 from cadyq_plugin.models.compiling import check_compile_value
 from cadyq_plugin.models.step_guard import DEFAULT_MAX_BAD_STEPS
 from cadyq_plugin.problems import did_you_mean, is_count

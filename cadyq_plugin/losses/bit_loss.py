@@ -1,47 +1,13 @@
-"""The bit loss that pushes selectors towards lower bit-widths with the reference's growing weight (docs/method.md#training); with a
-bit budget (``target_fab`` / ``target_bitops``) it holds the budget's controller instead (:mod:`bit_budget`), which
-replaces the loss by a price on the selectors' logits."""
+"""The bit loss that pushes selectors towards lower bit-widths with the reference's growing weight
+(docs/method.md#training); with a bit budget (``target_fab`` / ``target_bitops``) it holds the budget's controller
+instead (:mod:`cadyq_plugin.budget.controller`), which replaces the loss by a price on the selectors' logits."""
 import math
-import numbers
 
 import torch.nn as nn
 from basicsr.utils.registry import LOSS_REGISTRY
 
-from cadyq_plugin.losses.bit_budget import BudgetController
-
-DEFAULT_GAIN = 0.05  # relative change of the price per bit of error and iteration
-DEFAULT_FLOOR = 0.02  # logits per bit: the price's step at price 0
-DEFAULT_SMOOTHING = 0.8  # of the running error
-# settings of the bit-loss weight controller of earlier versions: refused with what replaced them
-RETIRED_KEYS = ('kp', 'ki', 'integral_band')
-
-
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def budget_problems(target_fab=None, target_bitops=None, gain=DEFAULT_GAIN, floor=DEFAULT_FLOOR,
-                    smoothing=DEFAULT_SMOOTHING, **retired):
-    """``(key, value, expected)`` for each budget argument of :class:`BitLoss` it cannot run with (``retired``: the
-    earlier controller's settings, each refused); the range a target must lie in depends on the network and is
-    checked by the config check."""
-    problems = []
-    for key, value in (('target_fab', target_fab), ('target_bitops', target_bitops)):
-        if value is not None and not (_is_real(value) and value > 0):
-            problems.append((key, value, 'expected a positive number'))
-    if target_fab is not None and target_bitops is not None:
-        problems.append(('target_bitops', target_bitops, f'expected only one target: target_fab is {target_fab!r} '
-                         'too (a FAB and a BitOPs budget cannot both be met)'))
-    for key, value in (('gain', gain), ('floor', floor)):
-        if not (_is_real(value) and value > 0):
-            problems.append((key, value, 'expected a positive number (of the budget\'s price controller)'))
-    if not (_is_real(smoothing) and 0 <= smoothing < 1):
-        problems.append(('smoothing', smoothing, 'expected a number in [0, 1) (of the running error)'))
-    for key, value in retired.items():
-        expected = (f'is a setting of the bit-loss weight controller of earlier versions: a budget is now held by a '
-                    f'price on the selectors\' logits, set by gain / floor (see docs/bit_budget.md); remove {key}')
-        problems.append((key, value, expected if key in RETIRED_KEYS else 'not a setting of the bit budget'))
-    return problems
+from cadyq_plugin.budget.controller import (DEFAULT_FLOOR, DEFAULT_GAIN, DEFAULT_SMOOTHING, BudgetController,
+                                            budget_problems)
 
 
 @LOSS_REGISTRY.register()

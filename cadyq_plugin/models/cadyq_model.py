@@ -7,8 +7,8 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from mmengine.dist import all_reduce
 
-from cadyq_plugin.metrics.budget import BitBudget
-from cadyq_plugin.models.budget_report import BudgetReport, budget_spec
+from cadyq_plugin.budget.report import BudgetReport
+from cadyq_plugin.budget.target import BitBudget, budget_spec
 from cadyq_plugin.models.sr_model import CADyQSRModel
 from cadyq_plugin.quant import BitSelector
 
@@ -24,7 +24,7 @@ class CADyQModel(CADyQSRModel):
     eval mode, never wrapped in DDP, never saved), ``train.kd_opt`` (ATLoss on the body output and the block
     features) and ``train.bit_opt`` (BitLoss on the per-sample weighted bits). A bit budget (``train.bit_opt.
     target_fab`` / ``target_bitops``) replaces the bit loss and is held here: every iteration the global batch's mean
-    bit (averaged over ranks) updates the budget's price (:mod:`cadyq_plugin.losses.bit_budget`), which is applied
+    bit (averaged over ranks) updates the budget's price (:mod:`cadyq_plugin.budget.controller`), which is applied
     to the selectors' biases after the step and whose state goes into the training state; validation and the
     results tables report the budget (``val.target_fab`` / ``val.target_bitops`` in a test options file).
     """

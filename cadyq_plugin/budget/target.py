@@ -98,3 +98,13 @@ class BitBudget:
         must lie strictly inside (at an end the selectors can only all sit at that candidate)."""
         low, high = min(self.bits), max(self.bits)
         return (self.to_user(low), self.to_user(high)) if self.kind == 'bitops' else (float(low), float(high))
+
+
+def budget_spec(opt):
+    """``(kind, target)`` of the run's budget (``fab`` or ``bitops``), or None."""
+    section = (opt.get('train') or {}).get('bit_opt') if opt['is_train'] else opt.get('val')
+    for kind in ('fab', 'bitops'):
+        value = (section or {}).get(f'target_{kind}')
+        if value is not None:
+            return kind, value
+    return None

@@ -2,8 +2,7 @@
 a test options file)."""
 import inspect
 
-from cadyq_plugin.config_check.model_type import CADYQ_MODELS, is_distilling_model
-from cadyq_plugin.losses.bit_loss import RETIRED_KEYS, budget_problems
+from cadyq_plugin.budget.controller import RETIRED_KEYS, budget_problems
 from cadyq_plugin.registries import lookup
 
 TARGET_KEYS = ('target_fab', 'target_bitops')
@@ -12,11 +11,12 @@ CONTROLLER_KEYS = tuple(name for name, p in inspect.signature(budget_problems).p
                         if p.kind is p.POSITIONAL_OR_KEYWORD and name not in TARGET_KEYS)
 
 
-def check_bit_budget(opt, phase, student, problems):
+def check_bit_budget(opt, phase, student, problems, distilling):
     """A bit budget the selectors can meet: ``train.bit_opt.target_fab`` / ``target_bitops`` (``val.target_*`` in a
     test options file, what the tested network was trained to), one target, strictly inside what every selector at
     its lowest / highest candidate gives, on a cadyq network. The BitOPs range is counted on the network built on
-    the ``meta`` device (shapes only, no weights)."""
+    the ``meta`` device (shapes only, no weights). ``distilling``: whether the file's model is a ``CADyQModel``, the
+    model that reports a budget (the options check knows the models; this package does not import them)."""
     val = opt.get('val') if isinstance(opt.get('val'), dict) else {}
     val_targets = {k: val[k] for k in TARGET_KEYS if val.get(k) is not None}
     if phase == 'train':
@@ -37,8 +37,8 @@ def check_bit_budget(opt, phase, student, problems):
     if found:
         return
     (key, target), = targets.items()
-    if phase == 'test' and not is_distilling_model(opt):
-        problems.add(f'val.{key}', target, f'is reported by model_type {CADYQ_MODELS[1]!r}, not '
+    if phase == 'test' and not distilling:
+        problems.add(f'val.{key}', target, f'is reported by model_type \'CADyQModel\', not '
                      f'{opt.get("model_type")!r}')
         return
     network = opt.get('network_g')
@@ -59,7 +59,7 @@ def check_bit_budget(opt, phase, student, problems):
 
 def _check_reachable(network, student, where, key, target, problems):
     """The target strictly inside what every selector at its lowest / highest candidate gives."""
-    from cadyq_plugin.metrics.budget import BUDGET_HR_SIZE, BitBudget
+    from cadyq_plugin.budget.target import BUDGET_HR_SIZE, BitBudget
     if key == 'target_fab':
         low, high = float(min(student['bits'])), float(max(student['bits']))
     else:
