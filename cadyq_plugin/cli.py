@@ -1,22 +1,63 @@
-"""The ``basicsr`` command: the plugin's ``train`` / ``test`` pipelines (:mod:`cadyq_plugin.train`,
-:mod:`cadyq_plugin.test`), plus ``bitops``, ``convert``, ``infer`` and ``export``. Experiments, results and
+"""The ``basicsr`` command. ``train`` and ``test`` run the plugin's pipelines (:mod:`cadyq_plugin.train`,
+:mod:`cadyq_plugin.test`); every other command is a module of :mod:`cadyq_plugin.tools` with ``build_parser()``
+(its ``prog`` is ``basicsr <command>``) and ``main(argv)`` (``argv`` a list; returns the exit status).
+:data:`COMMANDS` is the one list of commands: the dispatch and ``basicsr --help`` are made from it. A new command is
+a new module there, one line here and a smoke test that runs it through :func:`main`. Experiments, results and
 TensorBoard logs land under the current directory."""
+import importlib
 import os
 import sys
+from typing import NamedTuple
 
 from cadyq_plugin.errors import UserError
 
-USAGE = """usage: basicsr <command> [options]
 
-commands:
-  train    -opt X.yml [--launcher none|pytorch|slurm] [--auto_resume] [--debug] [--force_yml k=v ...]
-  test     -opt X.yml [--skip-missing] [--force_yml k=v ...]   (--force_yml datasets:test_N=~ removes a test set)
-  bitops   -opt X.yml [--hr-size 1280x720] [--fab F]
-  convert  SRC DST --arch EDSR_CADyQ --quant-mode cadyq [--scale 4] [--trusted] [--overwrite]
-  infer    (--arch A | -opt X.yml) --model M.pth -i IN -o OUT [--patch 96 --step 90 --batch 16]
-           [--backend fake|int8] [--overwrite]
-  export   (--arch A | -opt X.yml) --model M.pth [OUT.pth] [--onnx OUT.onnx] [--overwrite]
-"""
+class Command(NamedTuple):
+    module: str  # a pipeline module (train, test) or a tools module with build_parser() and main(argv)
+    summary: str  # its line in `basicsr --help`
+
+
+PIPELINES = ('train', 'test')
+COMMANDS = {
+    'train': Command('cadyq_plugin.train', 'a training stage: -opt X.yml [--launcher none|pytorch|slurm] [--auto_resume] '
+                     '[--force_yml k=v]'),
+    'test': Command('cadyq_plugin.test', 'test sets: -opt X.yml [--skip-missing] [--force_yml k=v] '
+                    '(datasets:test_N=~ drops a set)'),
+    'bitops': Command('cadyq_plugin.tools.bitops_report', 'MACs and FP / W8A8 / CADyQ BitOPs per layer of an options '
+                      'file\'s network'),
+    'convert': Command('cadyq_plugin.tools.convert', 'an original-implementation (or BasicSR EDSR) checkpoint -> a '
+                       'plugin checkpoint'),
+    'infer': Command('cadyq_plugin.tools.infer', 'super-resolve your own images and write their bit maps'),
+    'export': Command('cadyq_plugin.tools.export', 'a trained checkpoint -> an int8 deployment checkpoint and/or an '
+                      'ONNX graph'),
+    'int8-accuracy': Command('cadyq_plugin.tools.int8_accuracy', 'PSNR / SSIM / FAB of a network with 8-bit FP '
+                             'layers against the reference, on held-out photos'),
+    'prepare-div2k': Command('cadyq_plugin.tools.prepare_div2k', 'DIV2K training LMDBs (HR sub-images and their '
+                             'bicubic LR)'),
+    'prepare-benchmark': Command('cadyq_plugin.tools.prepare_benchmark', 'benchmark test sets (Set5, Set14, B100, '
+                                 'Urban100, ...): HR mod-cropped, bicubic LR'),
+    'prepare-div8k': Command('cadyq_plugin.tools.prepare_div8k', 'Test2K / Test4K / Test8K from DIV8K'),
+    'quickstart': Command('cadyq_plugin.tools.quickstart', 'FP -> PAMS -> CADyQ on a small photo set, test each '
+                          'stage, print PSNR / SSIM / FAB / BitOPs'),
+    'benchmark': Command('cadyq_plugin.tools.benchmark', 'speed and memory of CADyQ against FP and PAMS, and of the '
+                         'inference backends, side by side'),
+    'gpu-check': Command('cadyq_plugin.tools.gpu_check', 'the acceptance run on the first GPU: every check, one '
+                         'markdown report'),
+    'budget-evidence': Command('cadyq_plugin.tools.budget_evidence', 'train to several bit budgets and report target '
+                               'against reached FAB (table and plot)'),
+    'evidence': Command('cadyq_plugin.tools.evidence', 'does CADyQ spend bits by content: budgets, bits against '
+                        'content, quality at equal bits (docs/evidence.md)'),
+    'selector-probe': Command('cadyq_plugin.tools.selector_probe', 'instrumented training: what the bit selectors '
+                              'see, choose and learn, per window of iterations'),
+}
+
+
+def usage():
+    """``basicsr --help``: one line per command of :data:`COMMANDS`."""
+    width = max(len(name) for name in COMMANDS)
+    lines = [f'  {name:{width}s}  {command.summary}' for name, command in COMMANDS.items()]
+    return ('usage: basicsr <command> [options]\n\ncommands:\n' + '\n'.join(lines) +
+            '\n\n`basicsr <command> --help` lists the options of a command.\n')
 
 
 def leading_local_rank_last(argv):
@@ -31,14 +72,10 @@ def leading_local_rank_last(argv):
 
 
 def run_pipeline(command, args):
-    """``train_pipeline`` / ``test_pipeline`` with the current directory as root."""
+    """``train_pipeline`` / ``test_pipeline`` of the command's module with the current directory as root."""
     import cadyq_plugin  # noqa: F401  (registration and compat shim before basicsr)
-    if command == 'train':
-        from cadyq_plugin.train import train_pipeline
-        train_pipeline(os.getcwd(), args)
-    else:
-        from cadyq_plugin.test import test_pipeline
-        test_pipeline(os.getcwd(), args)
+    pipeline = getattr(importlib.import_module(COMMANDS[command].module), f'{command}_pipeline')
+    pipeline(os.getcwd(), args)
 
 
 def report_error(command, err):
@@ -59,10 +96,10 @@ def report_error(command, err):
 def main(argv=None):
     argv = leading_local_rank_last(list(sys.argv[1:] if argv is None else argv))
     if not argv or argv[0] in ('-h', '--help'):
-        print(USAGE)
+        print(usage())
         return 0
     command, rest = argv[0], argv[1:]
-    if command in ('train', 'test'):
+    if command in PIPELINES:
         from cadyq_plugin.train import RunStopped
         try:
             run_pipeline(command, rest)
@@ -75,19 +112,9 @@ def main(argv=None):
             report_error(command, err)
             return 1
         return 0
-    if command == 'bitops':
-        from cadyq_plugin.tools.bitops_report import main as bitops_main
-        return bitops_main(rest)
-    if command == 'convert':
-        from cadyq_plugin.tools.convert_cli import main as convert_main
-        return convert_main(rest)
-    if command == 'infer':
-        from cadyq_plugin.tools.infer_cli import main as infer_main
-        return infer_main(rest)
-    if command == 'export':
-        from cadyq_plugin.tools.export_cli import main as export_main
-        return export_main(rest)
-    print(f'basicsr: unknown command {command!r}\n\n{USAGE}', file=sys.stderr)
+    if command in COMMANDS:
+        return importlib.import_module(COMMANDS[command].module).main(rest)
+    print(f'basicsr: unknown command {command!r}\n\n{usage()}', file=sys.stderr)
     return 2
 
 

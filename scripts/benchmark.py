@@ -1,7 +1,7 @@
-"""Benchmark entry point: see ``cadyq_plugin/tools/benchmark.py`` (``--help`` for options)."""
+"""A launcher, kept because issues and docs name this path: ``python scripts/benchmark.py ARGS`` runs
+``basicsr benchmark ARGS`` (cadyq_plugin/tools/benchmark.py)."""
 import sys
 
-from cadyq_plugin.tools.benchmark import main
+from cadyq_plugin.cli import main
 
-if __name__ == '__main__':
-    sys.exit(main())
+sys.exit(main(['benchmark'] + sys.argv[1:]))

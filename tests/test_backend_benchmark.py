@@ -1,6 +1,6 @@
-"""The backends stage of the benchmark (``scripts/benchmark.py``, ``python -m cadyq_plugin.tools.backend_benchmark``)
-on tiny networks: it runs for every default backbone and prints the FP32 / reference-layout int8 / full-integer
-table, time splits and checkpoint sizes. Speed itself is not asserted (no timed tests)."""
+"""The backends stage of the benchmark (``basicsr benchmark``) on tiny networks: it runs for every default
+backbone and prints the FP32 / reference-layout int8 / full-integer table, time splits and checkpoint sizes. Speed
+itself is not asserted (no timed tests)."""
 import re
 
 import torch
@@ -21,7 +21,7 @@ def tiny_settings():
 
 
 def test_backends_stage_runs_every_default_backbone(capsys):
-    """``archs=None`` (``scripts/benchmark.py`` without ``--archs``) means the four backbones; the full-integer
+    """``archs=None`` means the four backbones; the full-integer
     network runs no float convolution at all, and its int8 checkpoint is smaller than its float one."""
     settings = tiny_settings()
     assert backend_benchmark.main(None, 1, False, backend_benchmark.DEFAULT_VARIANTS, TINY, settings) == 0

@@ -21,7 +21,7 @@ from cadyq_plugin.config_check import ConfigError, check_options
 from cadyq_plugin.models.sr_model import keep_implementation, make_optimizer
 from cadyq_plugin.models.step_guard import StepGuard, TrainingDivergedError
 from cadyq_plugin.options import read_yml
-from cadyq_plugin.tools import infer_cli
+from cadyq_plugin.tools import infer
 from tiny_workspace import OPTIONS
 
 STAGE3 = os.path.join(OPTIONS, 'train_edsrbaseline_cadyq.yml')
@@ -130,26 +130,26 @@ def test_infer_runs_the_network_and_the_images_on_the_chosen_device(tmp_path, mo
     monkeypatch.setattr('cadyq_plugin.inference.super_resolve', super_resolve)
     args = ['--arch', 'EDSR_CADyQ', '--scale', '2', '--model', str(tmp_path / 'net.pth'), '-i', str(tmp_path / 'a.png'),
             '-o', str(tmp_path / 'out')]
-    monkeypatch.setattr(infer_cli, 'build_loaded_network', lambda opt, path: build_network(
+    monkeypatch.setattr(infer, 'build_loaded_network', lambda opt, path: build_network(
         {**opt, 'num_feat': 8, 'num_block': 1}))  # weights do not matter here
-    assert infer_cli.main(args + ['--device', 'meta']) == 0  # a non-CPU device without a GPU
+    assert infer.main(args + ['--device', 'meta']) == 0  # a non-CPU device without a GPU
     assert seen == [(torch.device('meta'), torch.device('meta'))]
-    assert infer_cli.main(args + ['--overwrite']) == 0  # default here: the CPU (no GPU)
+    assert infer.main(args + ['--overwrite']) == 0  # default here: the CPU (no GPU)
     assert seen[-1] == (torch.device('cpu'), torch.device('cpu'))
 
 
 def test_infer_device_choice(monkeypatch, capsys):
-    assert infer_cli.choose_device(None, 'fake') == torch.device('cpu')
+    assert infer.choose_device(None, 'fake') == torch.device('cpu')
     with pytest.raises(ValueError, match='--device cuda: no CUDA GPU is visible here'):
-        infer_cli.choose_device('cuda', 'fake')
+        infer.choose_device('cuda', 'fake')
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'current_device', lambda: 0)
-    assert infer_cli.choose_device(None, 'fake') == torch.device('cuda', 0)
-    assert infer_cli.choose_device(None, 'int8') == torch.device('cpu')
+    assert infer.choose_device(None, 'fake') == torch.device('cuda', 0)
+    assert infer.choose_device(None, 'int8') == torch.device('cpu')
     with pytest.raises(ValueError, match='--device cuda:1 with --backend int8: the int8 backend runs on x86 CPUs'):
-        infer_cli.choose_device('cuda:1', 'int8')
+        infer.choose_device('cuda:1', 'int8')
     with pytest.raises(ValueError, match="--device 'gpu0': not a device"):
-        infer_cli.choose_device('gpu0', 'fake')
+        infer.choose_device('gpu0', 'fake')
 
 
 # ------------------------------------------------------------------------------------------------ 7. the step guard

@@ -21,9 +21,9 @@ from cadyq_plugin.data.benchmark_sets import prepare_benchmark
 from cadyq_plugin.data.div2k import prepare_div2k
 from cadyq_plugin.data.folder_steps import make_lr
 from cadyq_plugin.data.outputs import PreparationInterrupted, StaleOutputError
-from cadyq_plugin.data.script_args import run
+from cadyq_plugin.cli import main as cli_main
+from cadyq_plugin.tools.prepare_args import run
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -159,25 +159,22 @@ def test_a_half_written_output_of_another_source_is_not_resumed(tmp_path, photos
 
 
 CHILD = '''
-import importlib.util, sys, time
+import sys, time
 from cadyq_plugin.data import folder_steps
 real = folder_steps.write_png
 def write_then_wait(*args, **kwargs):  # the first image is written, then the step waits for the Ctrl-C
     real(*args, **kwargs)
     time.sleep(300)
 folder_steps.write_png = write_then_wait
-spec = importlib.util.spec_from_file_location('prepare_benchmark', sys.argv[1])
-script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(script)
-from cadyq_plugin.data.script_args import run
-run(script.build_parser(), script.main, sys.argv[2:])
+from cadyq_plugin.cli import main
+sys.exit(main(['prepare-benchmark'] + sys.argv[1:]))
 '''
 
 
 def test_ctrl_c_keeps_the_partial_and_prints_one_line(tmp_path, photos):
     src = _folder(tmp_path / 'src', {'a.png': photos['coffee'], 'b.png': photos['chelsea']})
     argv = ['--set', f'Set5={src}', '--root', str(tmp_path / 'datasets')]
-    child = subprocess.Popen([sys.executable, '-c', CHILD, str(REPO / 'scripts' / 'prepare_benchmark.py')] + argv,
+    child = subprocess.Popen([sys.executable, '-c', CHILD] + argv,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     partial = tmp_path / 'datasets' / 'benchmark' / 'Set5' / 'HR.partial'
     deadline = time.monotonic() + 120
@@ -190,8 +187,7 @@ def test_ctrl_c_keeps_the_partial_and_prints_one_line(tmp_path, photos):
     expected = f'interrupted: {partial} kept; run again with --resume or --redo'
     assert err.strip().splitlines()[-1] == expected and err.count('interrupted') == 1
     assert [p.name for p in partial.glob('*.png')] == ['a.png']
-    script = _load_script('prepare_benchmark')
-    run(script.build_parser(), script.main, argv + ['--resume'])
+    assert cli_main(['prepare-benchmark'] + argv + ['--resume']) == 0
     assert sorted(p.name for p in (partial.parent / 'HR').iterdir()) == ['a.png', 'b.png'] and not partial.exists()
 
 
@@ -205,11 +201,3 @@ def test_ctrl_c_before_any_step_says_so(capsys):
         run(argparse.ArgumentParser(prog='prepare'), interrupted, [])
     assert exit_info.value.code == 130
     assert capsys.readouterr().err.strip() == 'interrupted before any output was started: nothing to resume'
-
-
-def _load_script(name):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, REPO / 'scripts' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

@@ -1,5 +1,4 @@
 """Dataset preparation on small photos from scikit-image, against independently recomputed expectations."""
-import importlib.util
 import logging
 from pathlib import Path
 
@@ -23,8 +22,6 @@ from cadyq_plugin.data.lmdb_writer import make_lmdb
 from cadyq_plugin.data.outputs import PartialOutputError
 from cadyq_plugin.data.quickstart_data import build_quickstart_data
 from cadyq_plugin.data.subimages import crop_positions, extract_subimages
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _bgr(rgb):
@@ -339,22 +336,3 @@ def test_quickstart_data_feeds_basicsr_datasets(tmp_path):
     stamp = data_file.stat().st_mtime_ns
     assert build_quickstart_data(tmp_path / 'qs', scale=4) == paths
     assert data_file.stat().st_mtime_ns == stamp
-
-
-def _script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / 'scripts' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_benchmark_script_runs_and_refuses_clearly(tmp_path, photos, capsys):
-    from cadyq_plugin.data.script_args import run
-    script = _script('prepare_benchmark')
-    src = _folder(tmp_path, 'src', {'a.png': photos['coffee']})
-    argv = ['--set', f'Set5={src}', '--root', str(tmp_path / 'datasets')]
-    run(script.build_parser(), script.main, argv)
-    assert (tmp_path / 'datasets' / 'benchmark' / 'Set5' / 'LR_bicubic' / 'X4' / 'a.png').exists()
-    with pytest.raises(SystemExit) as exit_info:
-        run(script.build_parser(), script.main, ['--set', 'Set5', '--root', str(tmp_path)])
-    assert exit_info.value.code == 2 and 'KEY=PATH' in capsys.readouterr().err

@@ -154,7 +154,7 @@ def _log_mean_fab(log, tail):
 
 
 def test_the_evidence_command_end_to_end_and_reuses_finished_runs(tmp_path):
-    """``scripts/evidence.py`` on a small EDSR-baseline with a few iterations and two small photos: every stage is
+    """``basicsr evidence`` on a small EDSR-baseline with a few iterations and two small photos: every stage is
     trained through ``basicsr train`` with the ``--network`` sizes, the budget row is the training log's, the
     tables and figures are written; a second run trains nothing again and gives the same results."""
     import json
@@ -162,7 +162,7 @@ def test_the_evidence_command_end_to_end_and_reuses_finished_runs(tmp_path):
     import cv2
     import yaml
     figures, work = tmp_path / 'figures', tmp_path / 'work'
-    command = [sys.executable, os.path.join(REPO, 'scripts', 'evidence.py'), '--archs', 'edsr', '--iters', '2', '1',
+    command = [sys.executable, '-m', 'cadyq_plugin.cli', 'evidence', '--archs', 'edsr', '--iters', '2', '1',
                '5', '--targets', '6', '--content-target', '6', '--quality', 'edsr', '--quality-targets', '6',
                '--fixed-bits', '8', '--photos', 'coins', 'text', '--bit-map-photos', 'coins', 'text', '--network',
                'num_block=1', 'edsr:num_feat=8', '--workdir', str(work), '--figures', str(figures)]

@@ -1,31 +1,23 @@
-"""``scripts/gpu_check.py``: the whole script with ``--device cpu --quick`` (every check, tiny sizes: the script is
+"""``basicsr gpu-check``: the whole command with ``--device cpu --quick`` (every check, tiny sizes: the command is
 known to work before a GPU is lent), and its runner: a failing or crashing check is reported while the others
 still run, and a check that no longer fits the time budget is skipped."""
-import importlib.util
 import os
 import subprocess
 import sys
 
-from tiny_workspace import REPO
+from cadyq_plugin.tools import gpu_check
 
-SCRIPT = os.path.join(REPO, 'scripts', 'gpu_check.py')
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location('gpu_check', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+GPU_CHECK = [sys.executable, '-m', 'cadyq_plugin.cli', 'gpu-check']
 
 
 def test_every_check_runs_on_the_cpu(tmp_path):
     report = tmp_path / 'report.md'
-    proc = subprocess.run([sys.executable, SCRIPT, '--device', 'cpu', '--quick', '--out', str(report), '--workdir',
-                           str(tmp_path / 'work'), '--budget', '1500'], capture_output=True, text=True,
+    proc = subprocess.run(GPU_CHECK + ['--device', 'cpu', '--quick', '--out', str(report), '--workdir',
+                                       str(tmp_path / 'work'), '--budget', '1500'], capture_output=True, text=True,
                           timeout=1800, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = report.read_text()
-    failed = [name for name, _, _ in load_script().CHECKS if f'| {name} | ok |' not in text]
+    failed = [name for name, _, _ in gpu_check.CHECKS if f'| {name} | ok |' not in text]
     assert not failed, text[:3000]
     assert 'Every output on cpu, every parameter with a gradient.' in text
     assert '| CPU | - | 0 |' in text, 'the golden bits on the CPU'
@@ -35,8 +27,6 @@ def test_every_check_runs_on_the_cpu(tmp_path):
 
 
 def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
-    gpu_check = load_script()
-
     def broken(ctx):
         raise ValueError('broken on purpose')
 
@@ -54,13 +44,11 @@ def test_a_failing_check_is_reported_and_the_others_still_run(tmp_path, monkeypa
 
 def test_a_check_whose_process_fails_is_reported(tmp_path):
     """The CUDA version check on a machine without a GPU: its process reports the error, the runner the check."""
-    gpu_check = load_script()
     status, markdown = gpu_check.run_isolated('versions', gpu_check.Context('cuda', True, str(tmp_path), 120))
     assert status == 'FAILED' and 'Traceback' in markdown
 
 
 def test_checks_that_no_longer_fit_the_budget_are_skipped(tmp_path, monkeypatch):
-    gpu_check = load_script()
     clock = [0.0]
 
     def slow(ctx):
@@ -77,8 +65,8 @@ def test_checks_that_no_longer_fit_the_budget_are_skipped(tmp_path, monkeypatch)
 def test_only_some_checks(tmp_path):
     """``--only`` (the documented way to rerun a part) runs those checks, in the order given."""
     report = tmp_path / 'part.md'
-    proc = subprocess.run([sys.executable, SCRIPT, '--device', 'cpu', '--quick', '--only', 'golden', 'versions',
-                           '--out', str(report)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(GPU_CHECK + ['--device', 'cpu', '--quick', '--only', 'golden', 'versions', '--out',
+                                       str(report)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = report.read_text()
     assert text.index('| golden | ok |') < text.index('| versions | ok |') and '| torchrun |' not in text

@@ -172,7 +172,7 @@ def test_a_training_state_that_is_not_plain_data_is_refused_by_name(tmp_path):
 
 
 def test_converter_unpickles_only_with_trusted(tmp_path, capsys):
-    from cadyq_plugin.tools.convert_cli import main as convert
+    from cadyq_plugin.tools.convert import main as convert
     net = build_network({'type': 'EDSR_CADyQ', 'quant_mode': 'fp'})
     src = _pickled_checkpoint(tmp_path / 'original.pth', net.state_dict())
     dst = tmp_path / 'converted.pth'

@@ -65,13 +65,12 @@ def test_a_short_instrumented_run(tmp_path, bit_opt, control):
 
 
 def test_the_documented_command_with_force_yml(tmp_path):
-    """``scripts/selector_probe.py`` as docs/bit_budget.md runs it: a budget's file turned into the reference bit
+    """``basicsr selector-probe`` as docs/bit_budget.md runs it: a budget's file turned into the reference bit
     loss with a constant weight by ``--force_yml``; it prints one row per window and the table."""
     import subprocess
     import sys
     opt = _tiny_stage(tmp_path, {'train.bit_opt.target_fab': 6.0})
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts', 'selector_probe.py')
-    proc = subprocess.run([sys.executable, script, '-opt', opt, '--iters', '4', '--window', '2', '--force_yml',
+    proc = subprocess.run([sys.executable, '-m', 'cadyq_plugin.cli', 'selector-probe', '-opt', opt, '--iters', '4', '--window', '2', '--force_yml',
                            'train:bit_opt:target_fab=~', 'train:bit_opt:loss_weight=0.004', 'train:bit_opt:growth=0'],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600,
                           env=dict(os.environ, OMP_NUM_THREADS='1'))

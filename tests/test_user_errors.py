@@ -8,7 +8,7 @@ from cadyq_plugin import cli
 from cadyq_plugin.archs.wrapper_arch import WrapperConfigError
 from cadyq_plugin.checkpoint import CheckpointError
 from cadyq_plugin.config_check import ConfigError
-from cadyq_plugin.data import script_args
+from cadyq_plugin.tools import prepare_args as script_args
 from cadyq_plugin.data.image_io import ImageReadError
 from cadyq_plugin.data.outputs import PartialOutputError, StaleOutputError
 from cadyq_plugin.data.paired_dataset import DataError
@@ -18,7 +18,8 @@ from cadyq_plugin.experiment import ExperimentError
 from cadyq_plugin.models.compiling import NetworkCompileError
 from cadyq_plugin.models.step_guard import TrainingDivergedError
 from cadyq_plugin.quant.int8 import Int8BackendError
-from cadyq_plugin.tools import export_cli, infer_cli
+from cadyq_plugin.tools import export as export_cli
+from cadyq_plugin.tools import infer as infer_cli
 from cadyq_plugin.tools.bitops_report import BitopsError
 from cadyq_plugin.tools.network_args import NetworkArgError
 from cadyq_plugin.tools.quickstart import QuickstartError

@@ -9,10 +9,10 @@ Every variant goes through :func:`~cadyq_plugin.inference.super_resolve` (onnxru
 adapter), so all of them pay the same tiling and stitching. Networks have random weights with calibrated ranges:
 speed does not depend on the values, only the chosen bits do, and int8 costs the same whatever the bits.
 
-``python -m cadyq_plugin.tools.backend_benchmark [--archs A ...] [--variants V ...] [--repeats N]`` runs it alone
-(``--variants`` adds to the default ones; ``all`` runs every variant).
+``basicsr benchmark`` runs it on the CPU after its other stages; ``basicsr benchmark --skip ops train infer
+patchwise memory [--archs A ...] [--backend-variants V ...] [--backend-repeats N]`` runs it alone
+(``--backend-variants`` adds to the default variants; ``all`` runs every variant).
 """
-import argparse
 import collections
 import os
 import statistics
@@ -353,21 +353,5 @@ def main(archs=None, repeats=5, memory=False, variants=DEFAULT_VARIANTS, options
     return 0
 
 
-def _cli(argv):
-    parser = argparse.ArgumentParser(prog='python -m cadyq_plugin.tools.backend_benchmark', description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--archs', nargs='+', default=list(DEFAULT_ARCHS))
-    parser.add_argument('--variants', nargs='+', choices=VARIANTS + ('all',), default=[],
-                        help=f'variants besides the default ones ({", ".join(DEFAULT_VARIANTS)})')
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--memory', action='store_true', help='also the peak memory of each variant (slow)')
-    args = parser.parse_args(argv)
-    variants = VARIANTS if 'all' in args.variants else DEFAULT_VARIANTS + tuple(args.variants)
-    return main(args.archs, args.repeats, args.memory, tuple(dict.fromkeys(variants)))
-
-
-if __name__ == '__main__':
-    if sys.argv[1:2] == ['--peak']:
-        _peak_child(*sys.argv[2:5])
-    else:
-        sys.exit(_cli(sys.argv[1:]))
+if __name__ == '__main__' and sys.argv[1:2] == ['--peak']:  # the process of peak_memory_mib
+    _peak_child(*sys.argv[2:5])

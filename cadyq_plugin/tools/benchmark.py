@@ -1,11 +1,13 @@
-"""Speed and memory of CADyQ against its FP and PAMS baselines, measured side by side in one run.
+"""``basicsr benchmark``: speed and memory of CADyQ against its FP and PAMS baselines, measured side by side in one
+run.
 
 Training: one optimisation step of the real models (CADyQSRModel for FP, as stage 1 trains it; CADyQModel with
 its teacher for PAMS and CADyQ), same batch and patch, each eager and compiled (``train.compile``); the
 operations one eager step dispatches (a dispatch recorder), with BasicSR's own SRModel FP step as a second
 reference. Inference: eval forward of the CADyQ network vs the FP network. Patch-wise: throughput (patches/s)
-with batch 1 vs a larger batch, and the peak memory of a large image. Repetitions of the variants are
-interleaved so machine load affects them alike; the median is reported.
+with batch 1 vs a larger batch, and the peak memory of a large image. Backends (CPU): the inference backends of
+:mod:`cadyq_plugin.tools.backend_benchmark` on the same networks. Repetitions of the variants are interleaved so
+machine load affects them alike; the median is reported.
 """
 import argparse
 import os
@@ -270,15 +272,34 @@ def peak_memory_patchwise(network, device, lr_hw, patch, step, batch):
 
 def _options_network(path):
     """The ``network_g`` of an options file, without the arguments the benchmark sets per mode."""
-    from cadyq_plugin.tools.options import read_options
-    network = dict(read_options(path)['network_g'])
+    from cadyq_plugin.options import read_yml
+    network = dict(read_yml(path)['network_g'])
     for key in ('quant_mode', 'calib_iters'):
         network.pop(key, None)
     return network
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__)
+def bench_backends(networks, repeats, memory, extra_variants=()):
+    """The backends stage on the benchmark's networks: those named by their arch in one report, each options
+    file's network (its own arguments) in a report of its own, without the peak memory (measured in a process that
+    rebuilds a network from its arch name alone). ``extra_variants``: besides the default ones (``all``: every one)."""
+    from cadyq_plugin.tools import backend_benchmark
+    variants = backend_benchmark.VARIANTS if 'all' in extra_variants else backend_benchmark.DEFAULT_VARIANTS + tuple(
+        extra_variants)
+    variants = tuple(dict.fromkeys(variants))
+    named = [network['type'] for network in networks if set(network) == {'type'}]
+    if named:
+        backend_benchmark.main(named, repeats, memory, variants)
+    for network in networks:
+        if set(network) != {'type'}:
+            arch, options = network['type'], {k: v for k, v in network.items() if k != 'type'}
+            backend_benchmark.main([arch], repeats, False, variants, {arch: options})
+
+
+def build_parser():
+    from cadyq_plugin.tools.backend_benchmark import DEFAULT_VARIANTS, VARIANTS
+    parser = argparse.ArgumentParser(prog='basicsr benchmark', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--archs', nargs='+', default=None, help=f'archs (default {list(DEFAULT_BACKBONES)})')
     parser.add_argument('--opt', nargs='+', default=[], help='options files whose network_g to measure instead '
@@ -292,6 +313,8 @@ def main(argv=None):
     parser.add_argument('--patchwise-batch', type=int, default=None)
     parser.add_argument('--memory-image', default=None, help='LR size HxW of the large-image memory test')
     parser.add_argument('--backend-repeats', type=int, default=5, help='repetitions of the backends comparison')
+    parser.add_argument('--backend-variants', nargs='+', choices=VARIANTS + ('all',), default=[],
+                        help=f'backends besides the default ones ({", ".join(DEFAULT_VARIANTS)}); all: every one')
     parser.add_argument('--compile-mode', default=True, help='train.compile of the compiled models (default true)')
     parser.add_argument('--statistic', choices=['median', 'min'], default='median',
                         help='of the training step times (min: the least disturbed repetition, on a busy machine)')
@@ -301,7 +324,11 @@ def main(argv=None):
     parser.add_argument('--skip', nargs='*', default=[],
                         choices=['ops', 'train', 'compiled', 'infer', 'patchwise', 'memory', 'backends',
                                  'backend-memory'])
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     device = torch.device(args.device)
     allow_many_compiled_networks(64)  # 6 compiled models per backbone, all in this process
     cuda = device.type == 'cuda'
@@ -359,13 +386,9 @@ def main(argv=None):
         print(f'\npeak memory, {arch} patch-wise LR {mem_image[0]}x{mem_image[1]} (batch {pw_batch}): {peak:.0f} MiB '
               f'(the float32 SR output alone is {out_mib:.0f} MiB)')
     if 'backends' not in args.skip and not cuda:  # eval inference of FP32, fake, int8 and onnxruntime
-        from cadyq_plugin.tools.backend_benchmark import main as backends_main
-        backends_main(args.archs, args.backend_repeats, 'backend-memory' not in args.skip)
+        bench_backends(networks, args.backend_repeats, 'backend-memory' not in args.skip, args.backend_variants)
     print('\ntargets: ' + ', '.join(f'{TARGET_TEXT[k]} <= {v}x' for k, v in TARGETS.items()))
     for arch, key, value in failures:
         print(f'MISSED: {arch} {key} {value:.2f}x > {TARGETS[key]}x')
     return 0
 
-
-if __name__ == '__main__':
-    raise SystemExit(main())

@@ -82,13 +82,17 @@ def report(network_opt, hr_width, hr_height, fabs=None):
     return '\n'.join(lines)
 
 
-def main(argv):
+def build_parser():
     parser = argparse.ArgumentParser(prog='basicsr bitops', description=__doc__)
     parser.add_argument('-opt', required=True, help='options yml with a network_g section')
     parser.add_argument('--hr-size', type=parse_size, default=(1280, 720), help='SR output size, WxH')
     parser.add_argument('--fab', type=float, action='append', help='average bit of the dynamic layers '
                         '(repeatable; default: each candidate bit-width)')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv):
+    args = build_parser().parse_args(argv)
     import cadyq_plugin  # noqa: F401  (registration)
     from cadyq_plugin.config_check import ConfigError
     from cadyq_plugin.options import read_yml

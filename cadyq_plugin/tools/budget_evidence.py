@@ -1,4 +1,4 @@
-"""Evidence for the bit budget: CADyQ trained to target FABs on the quickstart data, the curves and the table.
+"""``basicsr budget-evidence``: CADyQ trained to target FABs on the quickstart data, the curves and the table.
 
 For each backbone: the quickstart's FP and PAMS stages, then one CADyQ run per target through ``basicsr train``
 (the reference options with the quickstart's changes, ``train.bit_opt.target_fab`` and the per-iteration log;
@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import re
-import sys
 
 from cadyq_plugin.tools.derive_options import derive_options
 from cadyq_plugin.tools.quickstart import (BACKBONE_OPTIONS, OPTIONS, build_data, read_mean_row, run_basicsr,
@@ -208,8 +207,9 @@ def bit_opt_setting(text):
         raise argparse.ArgumentTypeError(f'{text!r}: {value!r} is not a number') from None
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = argparse.ArgumentParser(prog='basicsr budget-evidence', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--archs', nargs='*', choices=sorted(BACKBONE_OPTIONS), default=['edsr', 'idn'])
     parser.add_argument('--targets', type=float, nargs='+', default=[5.0, 6.0, 7.0])
     parser.add_argument('--iters', type=int, nargs=3, default=(300, 150, 300), metavar=('FP', 'PAMS', 'CADYQ'))
@@ -223,7 +223,11 @@ def main(argv=None):
                         'for the final training FAB')
     parser.add_argument('--workdir', default='budget_workdir', help='everything but the plot is written here')
     parser.add_argument('--plot', default=os.path.join(REPO, 'docs', 'evidence', 'budget_fab.png'))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     import cadyq_plugin  # noqa: F401
     workdir = os.path.abspath(args.workdir)
@@ -246,6 +250,3 @@ def main(argv=None):
     print(f'plot: {args.plot}')
     return 0 if all(within(r) for r in results) else 1
 
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -370,8 +370,9 @@ def network_settings(settings):
     return network
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = argparse.ArgumentParser(prog='basicsr evidence', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--archs', nargs='+', choices=sorted(BACKBONE_OPTIONS), default=['edsr', 'carn', 'idn',
                                                                                           'srresnet'])
     parser.add_argument('--targets', type=float, nargs='+', default=[5.0, 6.0, 7.0], help='the budget table')
@@ -393,6 +394,11 @@ def main(argv=None):
     parser.add_argument('--bit-map-photos', nargs='+', default=BIT_MAP_PHOTOS, help='the photos of the bit maps')
     parser.add_argument('--workdir', default='evidence_workdir', help='runs, logs and tables')
     parser.add_argument('--figures', default=os.path.join(REPO, 'docs', 'evidence'))
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     args.network = network_settings(args.network)
     if args.content_target not in args.targets:

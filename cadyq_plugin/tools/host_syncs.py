@@ -6,7 +6,7 @@ the host blocks the CPU until the GPU has finished everything queued before it, 
 then launches the next operations; a copy from pageable host memory blocks too. :class:`HostSyncCounter` is a
 ``TorchDispatchMode`` that records each of them with the line of the plugin (or BasicSR) that caused it. It
 runs on PyTorch's fake CUDA tensors (the test suite, no GPU needed: ``stub_reads`` answers reads with zero, as
-fake tensors hold no values) and on a real GPU (``scripts/gpu_check.py``).
+fake tensors hold no values) and on a real GPU (``basicsr gpu-check``).
 
 :func:`stage_model` builds the model of one stage (``fp``: CADyQSRModel; ``pams`` and ``cadyq``: CADyQModel
 with its teacher and distillation; ``budget``: cadyq trained to a target FAB) on a tiny EDSR_CADyQ, and

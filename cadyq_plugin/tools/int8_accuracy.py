@@ -1,15 +1,15 @@
-"""Accuracy of full-integer networks (``fp_layer_bits``): PSNR / SSIM / FAB on held-out photos of the reference
-network (FP layers in float) against the same network with 8-bit FP layers, from a post-training calibration
-and, given one, from a quantization-aware training run; each in the fake and the int8 backend.
+"""``basicsr int8-accuracy``: accuracy of full-integer networks (``fp_layer_bits``): PSNR / SSIM / FAB on
+held-out photos of the reference network (FP layers in float) against the same network with 8-bit FP layers, from
+a post-training calibration and, given one, from a quantization-aware training run; each in the fake and the int8
+backend.
 
-``python -m cadyq_plugin.tools.int8_accuracy --arch EDSR_CADyQ --model net_g.pth --calibrate LR_FOLDER
-[--qat net_g_fp8.pth]`` prints the markdown table of docs/deployment.md. The held-out photos are scikit-image's
-that the quickstart never trains on (the motorcycle stereo pair, the Hubble deep field, the retina, and four
-greyscale photos as RGB), centre crops with MATLAB-bicubic LR; metrics as in the test options (Y channel, border
-4). ``--model`` and ``--qat`` may be float (``params``) or int8 (``basicsr export``) checkpoints.
+``basicsr int8-accuracy --arch EDSR_CADyQ --model net_g.pth --calibrate LR_FOLDER [--qat net_g_fp8.pth]`` prints
+the markdown table of docs/deployment.md. The held-out photos are scikit-image's that the quickstart never trains
+on (the motorcycle stereo pair, the Hubble deep field, the retina, and four greyscale photos as RGB), centre crops
+with MATLAB-bicubic LR; metrics as in the test options (Y channel, border 4). ``--model`` and ``--qat`` may be
+float (``params``) or int8 (``basicsr export``) checkpoints.
 """
 import argparse
-import sys
 
 import numpy as np
 import torch
@@ -113,8 +113,8 @@ def format_rows(rows):
     return '\n'.join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog='python -m cadyq_plugin.tools.int8_accuracy', description=__doc__,
+def build_parser():
+    parser = argparse.ArgumentParser(prog='basicsr int8-accuracy', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', default='EDSR_CADyQ')
     parser.add_argument('--quant-mode', default='cadyq', choices=['pams', 'cadyq'])
@@ -122,19 +122,20 @@ def main(argv=None):
     parser.add_argument('--qat', help='the same network trained with fp_layer_bits: 8 (stages 2-3)')
     parser.add_argument('--calibrate', required=True, help='folder of LR images for the post-training calibration')
     parser.add_argument('--size', type=int, default=256, help='HR crop of each held-out photo (default 256)')
-    args = parser.parse_args(argv)
-    from cadyq_plugin.tools.infer_cli import input_images, read_lr
-    torch.set_grad_enabled(False)
-    reference = float_state_dict(args.arch, args.quant_mode, None, args.model)
-    qat = float_state_dict(args.arch, args.quant_mode, 8, args.qat) if args.qat else None
-    photos = [held_out_photo(name, args.size, 4) for name in HELD_OUT]
-    calibration = [read_lr(path) for path in input_images(args.calibrate)]
-    rows = accuracy_rows(args.arch, args.quant_mode, reference, photos, calibration, qat)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from cadyq_plugin.tools.infer import input_images, read_lr
+    with torch.no_grad():  # not set_grad_enabled: main runs in the caller's process (basicsr, tests)
+        reference = float_state_dict(args.arch, args.quant_mode, None, args.model)
+        qat = float_state_dict(args.arch, args.quant_mode, 8, args.qat) if args.qat else None
+        photos = [held_out_photo(name, args.size, 4) for name in HELD_OUT]
+        calibration = [read_lr(path) for path in input_images(args.calibrate)]
+        rows = accuracy_rows(args.arch, args.quant_mode, reference, photos, calibration, qat)
     print(f'{args.arch} ({args.quant_mode}) on {len(photos)} held-out photos (HR {args.size} crops, Y-channel '
           f'PSNR/SSIM, border 4); post-training calibration on {len(calibration)} images of {args.calibrate}')
     print(format_rows(rows))
     return 0
 
-
-if __name__ == '__main__':
-    sys.exit(main())

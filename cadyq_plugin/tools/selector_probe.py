@@ -191,13 +191,18 @@ def probe(opt_path, iters, window, force_yml=(), root=None):
     return rows, 'price' if model.bit_budget is not None else 'weight'
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = argparse.ArgumentParser(prog='basicsr selector-probe', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-opt', required=True, help='a CADyQ training options file (stage 3)')
     parser.add_argument('--iters', type=int, default=300)
     parser.add_argument('--window', type=int, default=25, help='iterations per printed row')
     parser.add_argument('--force_yml', nargs='+', default=[], help='options changes, as basicsr train takes them')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     rows, control = probe(args.opt, args.iters, args.window, args.force_yml)
     print(format_rows(rows, control))
     return 0

@@ -13,7 +13,7 @@ import os
 import sys
 
 from cadyq_plugin.errors import InputError, OutputExistsError, UserError
-from cadyq_plugin.tools.infer_cli import input_images, read_lr
+from cadyq_plugin.tools.infer import input_images, read_lr
 from cadyq_plugin.tools.network_args import add_network_args, build_loaded_network, network_options
 
 

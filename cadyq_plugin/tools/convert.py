@@ -5,9 +5,7 @@ import sys
 from cadyq_plugin.checkpoint import CheckpointError
 
 
-def main(argv):
-    import cadyq_plugin  # noqa: F401
-    from cadyq_plugin.convert import convert_checkpoint
+def build_parser():
     from cadyq_plugin.convert.rules import LAYOUTS
     parser = argparse.ArgumentParser(prog='basicsr convert', description=__doc__)
     parser.add_argument('src', help='original checkpoint (.pt / .pth / .pth.tar)')
@@ -18,7 +16,13 @@ def main(argv):
     parser.add_argument('--trusted', action='store_true',
                         help='allow full unpickling of SRC (runs code from the file: only for files you trust)')
     parser.add_argument('--overwrite', action='store_true', help='replace DST if it exists')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv):
+    import cadyq_plugin  # noqa: F401
+    from cadyq_plugin.convert import convert_checkpoint
+    args = build_parser().parse_args(argv)
     try:
         layout = convert_checkpoint(args.src, args.dst, args.arch, args.quant_mode, args.scale,
                                     trusted=args.trusted, overwrite=args.overwrite)

@@ -1,17 +1,18 @@
-"""Prepare DIV2K training LMDBs from DIV2K_train_HR (and optionally its downloaded bicubic LR).
+"""``basicsr prepare-div2k``: DIV2K training LMDBs from DIV2K_train_HR (and optionally its downloaded bicubic LR).
 
-``python scripts/prepare_div2k.py --hr DIV2K_train_HR [--lr 4=DIV2K_train_LR_bicubic/X4] [--scales 2 3 4]``
+``basicsr prepare-div2k --hr DIV2K_train_HR [--lr 4=DIV2K_train_LR_bicubic/X4] [--scales 2 3 4]``
 
 Layout and choices: ``cadyq_plugin/data/div2k.py``.
 """
 import argparse
 
 from cadyq_plugin.data.div2k import prepare_div2k
-from cadyq_plugin.data.script_args import add_common_args, parse_mapping, run
+from cadyq_plugin.tools.prepare_args import add_common_args, parse_mapping, run
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog='basicsr prepare-div2k', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--hr', required=True, help='folder of DIV2K HR images (DIV2K_train_HR, 0001-0800)')
     parser.add_argument('--lr', action='append', metavar='SCALE=FOLDER',
                         help='downloaded bicubic LR folder for a scale (repeatable); missing scales are made')
@@ -23,10 +24,10 @@ def build_parser():
     return parser
 
 
-def main(args):
+def prepare(args):
     return prepare_div2k(args.hr, args.root, args.scales, parse_mapping(args.lr, '--lr', int), args.crop_size,
                          args.step, args.thresh_size, overwrite=args.overwrite, partial=args.partial)
 
 
-if __name__ == '__main__':
-    run(build_parser(), main)
+def main(argv):
+    return run(build_parser(), prepare, argv)

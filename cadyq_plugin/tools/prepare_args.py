@@ -1,4 +1,4 @@
-"""Shared command-line pieces of the ``scripts/prepare_*.py`` entry points, so the scripts hold no logic."""
+"""Shared command-line pieces of the ``basicsr prepare-*`` commands (``cadyq_plugin/tools/prepare_*.py``)."""
 import argparse
 import logging
 from typing import Callable, Dict, Optional, Sequence
@@ -39,9 +39,9 @@ def parse_mapping(items: Optional[Sequence[str]], what: str, key_type: Callable 
 
 
 def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], object],
-        argv: Optional[Sequence[str]] = None) -> None:
-    """Parse arguments, log at INFO and run ``main``; user mistakes and Ctrl-C end in one clear line, not a
-    traceback."""
+        argv: Optional[Sequence[str]] = None) -> int:
+    """Parse arguments, log at INFO and run ``main``; return the exit status (0). User mistakes and Ctrl-C end in
+    one clear line, not a traceback (``SystemExit``, as argparse's own errors)."""
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
     try:
@@ -53,3 +53,4 @@ def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], ob
         parser.exit(INTERRUPTED, f'\ninterrupted: {partial} kept; run again with --resume or --redo\n' if partial
                     else '\ninterrupted before any output was started: nothing to resume\n')
     logging.getLogger(parser.prog).info('done: %s', result)
+    return 0
