@@ -10,8 +10,10 @@ import zipfile
 
 import torch
 
+from cadyq_plugin.errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be used as asked; the message names the file and the problem."""
 
 

@@ -9,6 +9,8 @@ import os
 import sys
 from typing import NamedTuple
 
+from cadyq_plugin.errors import UserError
+
 
 class Command(NamedTuple):
     module: str  # a pipeline module (train, test) or a tools module with build_parser() and main(argv)
@@ -43,6 +45,10 @@ COMMANDS = {
                          'markdown report'),
     'budget-evidence': Command('cadyq_plugin.tools.budget_evidence', 'train to several bit budgets and report target '
                                'against reached FAB (table and plot)'),
+    'evidence': Command('cadyq_plugin.tools.evidence', 'does CADyQ spend bits by content: budgets, bits against '
+                        'content, quality at equal bits (docs/evidence.md)'),
+    'selector-probe': Command('cadyq_plugin.tools.selector_probe', 'instrumented training: what the bit selectors '
+                              'see, choose and learn, per window of iterations'),
 }
 
 
@@ -70,19 +76,6 @@ def run_pipeline(command, args):
     import cadyq_plugin  # noqa: F401  (registration and compat shim before basicsr)
     pipeline = getattr(importlib.import_module(COMMANDS[command].module), f'{command}_pipeline')
     pipeline(os.getcwd(), args)
-
-
-def user_errors():
-    """Errors whose message says all the user needs (file, key, what to do): printed without a traceback."""
-    from cadyq_plugin.checkpoint import CheckpointError
-    from cadyq_plugin.config_check import ConfigError
-    from cadyq_plugin.data.paired_dataset import DataError
-    from cadyq_plugin.archs.wrapper_arch import WrapperConfigError
-    from cadyq_plugin.distributed import LaunchError
-    from cadyq_plugin.experiment import ExperimentError
-    from cadyq_plugin.models.step_guard import TrainingDivergedError
-    return (ConfigError, CheckpointError, DataError, ExperimentError, TrainingDivergedError, WrapperConfigError,
-            LaunchError)
 
 
 def report_error(command, err):
@@ -115,7 +108,7 @@ def main(argv=None):
         except KeyboardInterrupt as err:
             print(f'basicsr {command}: interrupted ({err or "Ctrl-C"}); nothing more was saved', file=sys.stderr)
             return 130
-        except user_errors() as err:
+        except UserError as err:
             report_error(command, err)
             return 1
         return 0

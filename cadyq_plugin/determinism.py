@@ -23,6 +23,7 @@ import torch
 
 DEFAULTS = {'tf32': False, 'cudnn_benchmark': True, 'deterministic_algorithms': False}
 CUBLAS_WORKSPACE = ':4096:8'
+OPTION_KEYS = {'': ('determinism',), 'determinism': tuple(DEFAULTS)}  # by section; '' is the top level
 
 
 def determinism_problems(section):

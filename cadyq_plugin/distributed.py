@@ -40,13 +40,17 @@ import torch.distributed as dist
 from mmengine.dist import all_reduce, barrier, broadcast, get_dist_info, is_distributed
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from cadyq_plugin.errors import UserError
+
 DIST_PARAM_KEYS = ('backend', 'port', 'timeout')
+DIST_BACKENDS = ('gloo', 'nccl', 'mpi')  # what dist_params.backend may name (torch.distributed's backends)
+OPTION_KEYS = {'': ('dist_params', 'find_unused_parameters'), 'dist_params': DIST_PARAM_KEYS}  # '': the top level
 
 __all__ = ['DIST_PARAM_KEYS', 'LaunchError', 'barrier', 'choose_backend', 'choose_gpu', 'get_dist_info', 'init_dist',
            'is_distributed', 'uses_cuda', 'wrap_model']
 
 
-class LaunchError(RuntimeError):
+class LaunchError(UserError, RuntimeError):
     """A launch that cannot work (environment, processes per GPU); the message says what to change."""
 
 

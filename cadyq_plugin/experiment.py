@@ -17,8 +17,10 @@ import time
 
 from mmengine.dist import all_reduce, broadcast_object_list, get_dist_info
 
+from cadyq_plugin.errors import UserError
 
-class ExperimentError(RuntimeError):
+
+class ExperimentError(UserError, RuntimeError):
     """An experiment folder that this run cannot use; the message names the folder and what to do."""
 
 

@@ -7,6 +7,8 @@ import torch
 
 from cadyq_plugin.data.patches import Box, forward_patchwise
 
+OPTION_KEYS = {'val.patchwise': ('patch', 'step', 'batch')}  # what super_resolve reads of ``val.patchwise``
+
 
 class Inference(NamedTuple):
     """``output`` [1, C, H*s, W*s]; ``forwards``: one ``{'layers': MAC table or None, 'bits': [n_selectors]}``

@@ -14,7 +14,7 @@ from cadyq_plugin.reporting import read_results_csv
 from cadyq_plugin.tools.derive_options import derive_options
 
 TINY = {'num_feat': 16, 'num_block': 2}
-BUDGET_VALUES = re.compile(r'target_fab: 6\.0000e\+00 running_fab: (\S+) w_bit: (\S+) ')
+BUDGET_VALUES = re.compile(r'target_fab: 6\.0000e\+00 running_fab: (\S+) bit_price: (\S+) ')
 
 
 @pytest.fixture(scope='module')
@@ -48,13 +48,14 @@ def trained(ws):
     return {'dir': workdir, 'output': proc.stderr}
 
 
-def test_training_logs_target_running_fab_and_weight_every_print_freq(trained):
+def test_training_logs_target_running_fab_and_price_every_print_freq(trained):
     values = logged_losses(os.path.join(trained['dir'], 'experiments', 'budget'))
     assert sorted(values) == [1, 2, 3, 4, 5, 6]
     budget = [BUDGET_VALUES.search(v[0]) for _, v in sorted(values.items())]
     assert all(budget), values
     assert float(budget[0].group(1)) == float(re.search(r'avg_bit: (\S+)', values[1][0]).group(1)), 'r_1 = batch'
-    assert 'Bit budget: target_fab 6 (mean bit 6.0000)' in trained['output']
+    assert 'l_bit' not in values[1][0], 'a budget adds no bit loss'
+    assert "Bit budget: target_fab 6 (mean bit 6.0000), held by a price on the selectors' logits" in trained['output']
     lines = re.findall(r'Bit budget on Set5: target_fab 6\.00 \| reached FAB (\S+) \(\S+\), BitOPs \S+ G at 1280x720 '
                        r'\| psnr \S+', trained['output'])
     assert len(lines) == 3, 'validation at 3, 6 and after the end'
@@ -64,7 +65,7 @@ def test_tensorboard_gets_the_budget_next_to_the_bits(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(trained['dir'] / 'tb_logger' / 'budget')).Reload()
     tags = set(events.Tags()['scalars'])
-    assert {'target_fab', 'running_fab', 'w_bit', 'avg_bit', 'losses/l_bit'} <= tags
+    assert {'target_fab', 'running_fab', 'bit_price', 'avg_bit'} <= tags and 'losses/l_bit' not in tags
     assert {'metrics/Set5/avg_bit', 'metrics/Set5/avg_bit_target'} <= tags
     targets = [e.value for e in events.Scalars('metrics/Set5/avg_bit_target')]
     assert len(targets) == len(events.Scalars('metrics/Set5/avg_bit')) >= 2 and set(targets) == {6.0}
@@ -72,7 +73,7 @@ def test_tensorboard_gets_the_budget_next_to_the_bits(trained):
 
 
 def test_auto_resume_continues_the_controller_exactly(ws, trained):
-    """Stopped after the state of iteration 3 and resumed to 6: the same target, running FAB, weight and losses
+    """Stopped after the state of iteration 3 and resumed to 6: the same target, running FAB, price and losses
     are logged for iterations 4-6 as by the uninterrupted run."""
     workdir = ws['root'] / 'resumed'
     opt = budget_options(ws, workdir, 3)

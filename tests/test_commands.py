@@ -235,16 +235,16 @@ def test_budget_evidence_tabulates_and_plots_earlier_runs(tmp_path, capsys):
     tolerances or not), the JSON and markdown beside it, and the plot (matplotlib, the plots extra)."""
     pytest.importorskip('matplotlib')
     curve = {str(i): {'avg_bit': 6.0 + (-1) ** i * 0.2, 'running_fab': 6.0} for i in range(1, 21)}
-    runs = [{'arch': 'edsr', 'target': 6.0, 'train_fab': 6.1, 'running_fab': 6.0, 'final_weight': 1e-4,
-             'val_fab': 6.3, 'psnr': 27.5, 'curve': curve, 'validations': [[20, 6.3]]}]
+    runs = [{'arch': 'edsr', 'target': 6.0, 'train_fab': 6.1, 'running_fab': 6.0, 'net_fab': 6.3,
+             'val_fab': 6.4, 'psnr': 27.5, 'curve': curve, 'validations': [[20, 6.4]]}]
     (tmp_path / 'earlier.json').write_text(json.dumps({'results': runs}))
     args = ['budget-evidence', '--archs', '--include', str(tmp_path / 'earlier.json'), '--workdir',
             str(tmp_path / 'work'), '--plot', str(tmp_path / 'fab.png')]
     assert cli_main(args) == 0
     out = capsys.readouterr().out
-    assert '| edsr | 6.00 | 6.10 | 6.00 | 6.30 | 27.50 | yes |' in out
+    assert '| edsr | 6.00 | 6.10 | 6.30 | yes | 6.40 | 27.50 |' in out
     assert (tmp_path / 'fab.png').stat().st_size > 0
     assert '| edsr | 6.00 |' in (tmp_path / 'work' / 'budget_evidence.md').read_text()
-    runs[0]['val_fab'] = 7.0  # 1 bit off the target: outside the validation tolerance
+    runs[0]['net_fab'] = 7.0  # 1 bit off the target: outside the network FAB's tolerance
     (tmp_path / 'earlier.json').write_text(json.dumps({'results': runs}))
-    assert cli_main(args) == 1 and '| 7.00 | 27.50 | no |' in capsys.readouterr().out
+    assert cli_main(args) == 1 and '| 7.00 | no | 6.40 | 27.50 |' in capsys.readouterr().out

@@ -124,9 +124,10 @@ def test_pretrained_checkpoints_must_exist(tmp_path):
     check_options(opt, STAGE3, check_files=True)
 
 
-def test_missing_dataset_folders_are_named(tmp_path):
+def test_missing_dataset_folders_are_named(tmp_path, monkeypatch):
     opt = opt_of(STAGE1)
-    missing = str(tmp_path / 'DIV2K_train_HR_sub.lmdb')  # not the relative default: the user may have prepared it
+    monkeypatch.chdir(tmp_path)  # a short path: long values are shortened in the message
+    missing = 'mine/DIV2K_train_HR_sub.lmdb'  # not the default: the user may have prepared it elsewhere
     opt['datasets']['train']['dataroot_gt'] = missing
     found = problems(opt, path=STAGE1, check_files=True)
     assert any(p.startswith('datasets.train.dataroot_gt = ') and 'DIV2K_train_HR' in p and

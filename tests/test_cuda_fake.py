@@ -21,7 +21,7 @@ from cadyq_plugin.inference import super_resolve
 from cadyq_plugin.losses.bit_loss import BitLoss
 from cadyq_plugin.losses.distill_loss import ATLoss
 from cadyq_plugin.metrics import MACCounter
-from cadyq_plugin.metrics.budget import BitBudget
+from cadyq_plugin.budget.target import BitBudget
 from cadyq_plugin.quant import BitSelector, PAMSQuant, set_calibration
 
 CUDA0, CUDA1 = torch.device('cuda', 0), torch.device('cuda', 1)
@@ -93,11 +93,15 @@ def test_the_losses_and_the_budget_are_on_the_network_device():
         _, aux = student(lq, return_aux=True)
         _, aux_t = teacher(lq, return_aux=True)
         losses = {'at': ATLoss()(aux['body'], aux_t['body'], aux['feats'], aux_t['feats']),
-                  'bit': BitLoss()(aux['weighted_bits'], 5),
-                  'bit with a target': BitLoss(target_fab=6.0)(aux['weighted_bits'], 5)}
+                  'bit': BitLoss()(aux['weighted_bits'], 5)}
         for budget in budgets:
+            budget.to(CUDA0)
+            controller = BitLoss(target_fab=6.0).controller
             losses[f'{budget.kind} mean bit'] = budget.mean_bit(aux['bits'])
-            losses[f'{budget.kind} budget loss'] = BitLoss(target_fab=6.0)(budget.weighted_bits(aux), 5)
+            step = controller.update(losses[f'{budget.kind} mean bit'] - budget.target_bit)
+            losses[f'{budget.kind} price step'] = step
+            losses[f'{budget.kind} price'] = controller.price
+            losses[f'{budget.kind} bias shifts'] = step * budget.candidate_costs(torch.tensor([4., 6., 8.]))
         assert {name: devices_of(value) for name, value in losses.items()} == {name: {CUDA0} for name in losses}
 
 

@@ -23,7 +23,6 @@ from cadyq_plugin.tools.host_syncs import (STAGES, TINY_NET, HostSyncCounter, co
                                            stage_model, training_batches)
 
 CUDA0 = torch.device('cuda', 0)
-BUDGET_XFAIL = pytest.mark.xfail(reason='budget host syncs are removed on the evidence branch', strict=False)
 
 
 @pytest.fixture
@@ -49,7 +48,7 @@ def fake_cuda_model(stage, tmp_path, use_params, **options):
     return model, mode
 
 
-@pytest.mark.parametrize('stage', [s if s != 'budget' else pytest.param(s, marks=BUDGET_XFAIL) for s in STAGES])
+@pytest.mark.parametrize('stage', STAGES)
 def test_three_training_steps_copy_only_the_batches_and_read_nothing(stage, tmp_path, zero_grad_backward):
     batches = training_batches(3)
     model, mode = fake_cuda_model(stage, tmp_path, zero_grad_backward)

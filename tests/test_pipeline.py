@@ -192,7 +192,7 @@ def test_stock_messages_carry_no_cadyq_advice(tmp_path):
 def test_model_types_are_found_like_basicsr_finds_them():
     opt = stock_options()['options/train/RealESRGAN/train_realesrnet_x4plus.yml']
     assert opt['model_type'] == 'RealESRNetModel'  # registered as RealESRNetModel_basicsr
-    from cadyq_plugin.config_check import _model_class
+    from cadyq_plugin.config_check.model_type import model_class as _model_class
     assert _model_class(opt).__name__ == 'RealESRNetModel'
 
 

@@ -7,6 +7,9 @@ from cadyq_plugin.quant import ActQuantFactory, BitRecord, assign_selector_indic
 from cadyq_plugin.quant.int8 import check_backend
 from cadyq_plugin.quant.weight_quant import weights_quantized_together
 
+# The arguments that set how a network is quantized, not its backbone: a teacher may differ from its student in them
+QUANT_ARGS = ('quant_mode', 'w_bits', 'a_bits', 'bits', 'calib_iters', 'grad_scale', 'backend', 'fp_layer_bits')
+
 
 class CADyQNet(nn.Module):
     """Base class of the ``<Backbone>_CADyQ`` archs.

@@ -27,6 +27,7 @@ from cadyq_plugin.archs.wrapper_hooks import ForwardState, InputHook, OutputHook
 from cadyq_plugin.archs.wrapper_placement import Placement, resolve_placement, trace_problems
 from cadyq_plugin.archs.wrapper_presets import PRESETS, default_patterns
 from cadyq_plugin.archs.wrapper_trace import Trace, trace_backbone
+from cadyq_plugin.errors import UserError
 from cadyq_plugin.quant import BitSelector, QConv2d, set_backend
 from cadyq_plugin.quant.fp_layers import fp_convs
 from cadyq_plugin.quant.int8 import BACKENDS
@@ -35,7 +36,7 @@ TRACE_SIZE = 16  # LR side of the traced forward pass (rounded up to a multiple 
 _TABLES = ('_modules', '_parameters', '_buffers', '_non_persistent_buffers_set')
 
 
-class WrapperConfigError(ValueError):
+class WrapperConfigError(UserError, ValueError):
     """Options of :class:`CADyQWrapper` that cannot work; ``problems`` holds one line per problem, each naming the
     option (``quantize[1] = 'body.*.conv9': ...``); ``upscale`` is the scale when it could be determined."""
 

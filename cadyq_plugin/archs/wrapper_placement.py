@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Set, Tuple
 import torch.nn as nn
 
 from cadyq_plugin.archs.module_patterns import expand_template, match_names, similar_names, wildcard_count
+from cadyq_plugin.problems import show
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 SITE_KEYS = ('input', 'output', 'name', 'fixed')
@@ -39,11 +40,6 @@ class Placement:
     kept: Set[str] = field(default_factory=set)
 
 
-def _show(value):
-    text = repr(dict(value) if isinstance(value, dict) else value)
-    return text if len(text) <= 80 else text[:77] + '...'
-
-
 class _Resolver:
     """Resolves one option at a time against the backbone's modules, collecting problems."""
 
@@ -55,7 +51,7 @@ class _Resolver:
         self.problems = []
 
     def add(self, key, value, what):
-        self.problems.append(f'{key} = {_show(value)}: {what}')
+        self.problems.append(f'{key} = {show(value)}: {what}')
 
     def patterns(self, option, value):
         """The option's list of patterns as ``(key, pattern)``; a bad entry is a problem."""

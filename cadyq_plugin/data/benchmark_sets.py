@@ -17,6 +17,7 @@ from typing import Dict, Mapping, Optional, Sequence
 
 from cadyq_plugin.data.folder_steps import copy_given_lr, make_hr, make_lr
 from cadyq_plugin.data.image_io import PathLike, image_size, list_images
+from cadyq_plugin.errors import InputError
 
 BENCHMARK_SETS = ('Set5', 'Set14', 'B100', 'Urban100')
 
@@ -31,7 +32,7 @@ def _check_divisible(hr_folder: Path, scale: int) -> None:
     for path in list_images(hr_folder):
         h, w = image_size(path)
         if h % scale or w % scale:
-            raise ValueError(f'{path}: existing HR of size {h}x{w} is not mod-cropped to x{scale}; prepare each '
+            raise InputError(f'{path}: existing HR of size {h}x{w} is not mod-cropped to x{scale}; prepare each '
                              f'scale under its own root, or pass overwrite=True to rebuild this set')
 
 
@@ -73,11 +74,11 @@ def prepare_benchmark(sets: Mapping[str, PathLike], root: PathLike = 'datasets',
     lr_folders = dict(lr_folders or {})
     unknown = set(lr_folders) - set(sets)
     if unknown:
-        raise ValueError(f'LR folders given for sets without HR: {sorted(unknown)}')
+        raise InputError(f'LR folders given for sets without HR: {sorted(unknown)}')
     result = {}
     for name, hr_folder in sets.items():
         if not name or Path(name).name != name or name.startswith('.'):
-            raise ValueError(f'set name {name!r} must be a plain folder name such as Set5')
+            raise InputError(f'set name {name!r} must be a plain folder name such as Set5')
         result[name] = prepare_eval_set(hr_folder, Path(root) / 'benchmark' / name, scale, lr_folders.get(name),
                                         overwrite=overwrite, partial=partial)
     return result

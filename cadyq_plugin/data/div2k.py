@@ -23,6 +23,7 @@ from cadyq_plugin.data.folder_steps import check_lr_size, make_lr, pair_given_lr
 from cadyq_plugin.data.image_io import PathLike, list_images
 from cadyq_plugin.data.lmdb_writer import make_lmdb
 from cadyq_plugin.data.subimages import extract_subimages
+from cadyq_plugin.errors import InputError
 
 
 def div2k_paths(root: PathLike, scales: Sequence[int]) -> Dict[str, object]:
@@ -56,12 +57,12 @@ def prepare_div2k(hr_folder: PathLike, root: PathLike = 'datasets', scales: Sequ
     scales = sorted(set(int(s) for s in scales))
     lr_folders = {int(s): Path(p) for s, p in (lr_folders or {}).items()}
     if not scales or any(s < 1 for s in scales):
-        raise ValueError(f'scales must be positive integers, got {scales}')
+        raise InputError(f'scales must be positive integers, got {scales}')
     if set(lr_folders) - set(scales):
-        raise ValueError(f'LR folders given for scales {sorted(set(lr_folders) - set(scales))} not in {scales}')
+        raise InputError(f'LR folders given for scales {sorted(set(lr_folders) - set(scales))} not in {scales}')
     for s in scales:
         if crop_size % s or step % s or thresh_size % s:
-            raise ValueError(f'crop_size {crop_size}, step {step} and thresh_size {thresh_size} must be divisible '
+            raise InputError(f'crop_size {crop_size}, step {step} and thresh_size {thresh_size} must be divisible '
                              f'by every scale, not by {s}')
     lcm = reduce(lambda a, b: a * b // math.gcd(a, b), scales)
     out = div2k_paths(root, scales)

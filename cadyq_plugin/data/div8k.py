@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 from cadyq_plugin.data.benchmark_sets import prepare_eval_set
 from cadyq_plugin.data.image_io import PathLike, list_images
+from cadyq_plugin.errors import InputError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def div8k_subset(folder: PathLike, first: int, last: int) -> List[Path]:
     """The images of ``folder`` numbered ``first..last`` (by base name); warns when some are missing."""
     chosen = [p for p in list_images(folder) if p.stem.isdigit() and first <= int(p.stem) <= last]
     if not chosen:
-        raise FileNotFoundError(f'{folder}: no DIV8K images numbered {first}..{last} (expected {first}.png ...)')
+        raise InputNotFoundError(f'{folder}: no DIV8K images numbered {first}..{last} (expected {first}.png ...)')
     if len(chosen) != last - first + 1:
         logger.warning('%s: %d of the %d DIV8K images %d..%d found', folder, len(chosen), last - first + 1, first,
                        last)
@@ -46,7 +47,7 @@ def prepare_div8k(div8k_folder: PathLike, root: PathLike = 'datasets', scale: in
     """
     unknown = [name for name in sets if name not in DIV8K_TEST_SETS]
     if unknown:
-        raise ValueError(f'unknown DIV8K test sets {unknown}; expected some of {list(DIV8K_TEST_SETS)}')
+        raise InputError(f'unknown DIV8K test sets {unknown}; expected some of {list(DIV8K_TEST_SETS)}')
     result = {}
     for name in sets:
         first, last, factor = DIV8K_TEST_SETS[name]

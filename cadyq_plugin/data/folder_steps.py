@@ -14,6 +14,7 @@ from cadyq_plugin.data.image_io import PathLike, image_size, list_images, read_i
 from cadyq_plugin.data.manifest import make_manifest
 from cadyq_plugin.data.outputs import build_output
 from cadyq_plugin.data.transforms import bicubic_downsample, mod_crop
+from cadyq_plugin.errors import InputError, InputNotFoundError
 
 
 def process_images(paths: Sequence[Path], output_folder: PathLike, transform: Callable[[np.ndarray], np.ndarray],
@@ -80,8 +81,8 @@ def pair_given_lr(hr_paths: Sequence[Path], given_folder: PathLike, scale: int) 
     for hr in hr_paths:
         lr = given.get(hr.stem, given.get(f'{hr.stem}x{scale}'))
         if lr is None:
-            raise FileNotFoundError(f'{given_folder}: no LR image for {hr}; expected {hr.stem}.png or '
-                                    f'{hr.stem}x{scale}.png (or another image extension)')
+            raise InputNotFoundError(f'{given_folder}: no LR image for {hr}; expected {hr.stem}.png or '
+                                     f'{hr.stem}x{scale}.png (or another image extension)')
         pairs.append((hr, lr))
     return pairs
 
@@ -92,7 +93,7 @@ def check_lr_size(hr_path: Path, lr_path: Path, scale: int) -> None:
     lr_h, lr_w = image_size(lr_path)
     want = (hr_h // scale, hr_w // scale)
     if (lr_h, lr_w) != want:
-        raise ValueError(f'{lr_path}: size {lr_h}x{lr_w} does not match its HR {hr_path} ({hr_h}x{hr_w}); expected '
+        raise InputError(f'{lr_path}: size {lr_h}x{lr_w} does not match its HR {hr_path} ({hr_h}x{hr_w}); expected '
                          f'{want[0]}x{want[1]} (HR mod-cropped to x{scale}, divided by {scale}). Leave out the LR '
                          f'folder to have the LR images made from HR')
 

@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from cadyq_plugin.errors import InputError, InputNotFoundError, UserError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm', '.pgm', '.webp')
@@ -28,7 +30,7 @@ PathLike = Union[str, os.PathLike]
 _logged = set()
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError, ValueError):
     """An input image cannot be used; the message names the file and what was expected."""
 
 
@@ -92,14 +94,14 @@ def list_images(folder: PathLike) -> List[Path]:
     """Image files directly inside ``folder``, sorted by name; an error if there are none."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f'{folder}: not a folder; expected a folder of images')
+        raise InputNotFoundError(f'{folder}: not a folder; expected a folder of images')
     paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not paths:
-        raise FileNotFoundError(f'{folder}: no images found; expected files ending in {", ".join(IMAGE_EXTENSIONS)}')
+        raise InputNotFoundError(f'{folder}: no images found; expected files ending in {", ".join(IMAGE_EXTENSIONS)}')
     stems = {}
     for p in paths:
         if p.stem in stems:
-            raise ValueError(f'{folder}: {stems[p.stem].name} and {p.name} have the same base name; '
+            raise InputError(f'{folder}: {stems[p.stem].name} and {p.name} have the same base name; '
                              f'outputs are named by base name, so keep one of them')
         stems[p.stem] = p
     return paths

@@ -14,6 +14,7 @@ from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from cadyq_plugin.data.image_io import PathLike, image_size, list_images
 from cadyq_plugin.data.manifest import make_manifest
 from cadyq_plugin.data.outputs import build_output
+from cadyq_plugin.errors import InputError
 
 _META = 'meta_info.txt'
 
@@ -52,12 +53,12 @@ def make_lmdb(folder: PathLike, lmdb_path: PathLike, compress_level: int = 1, ba
     """
     lmdb_path = Path(lmdb_path)
     if lmdb_path.suffix != '.lmdb':
-        raise ValueError(f"{lmdb_path}: an LMDB path must end in '.lmdb' (BasicSR's convention)")
+        raise InputError(f"{lmdb_path}: an LMDB path must end in '.lmdb' (BasicSR's convention)")
     paths = list_images(folder)
     keys = [p.stem for p in paths]
     for path, key in zip(paths, keys):
         if not key.isascii():
-            raise ValueError(f'{path}: LMDB keys are ASCII base names; rename the file')
+            raise InputError(f'{path}: LMDB keys are ASCII base names; rename the file')
 
     def write(staging):
         inner = staging / lmdb_path.name

@@ -29,6 +29,7 @@ from typing import Callable, Dict, Optional
 
 from cadyq_plugin.data.image_io import TMP_SUFFIX, PathLike
 from cadyq_plugin.data.manifest import describe_difference, manifest_path, read_manifest, write_manifest
+from cadyq_plugin.errors import OutputExistsError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +37,11 @@ PARTIAL_SUFFIX = '.partial'
 PARTIAL_CHOICES = (None, 'resume', 'redo')
 
 
-class PartialOutputError(RuntimeError):
+class PartialOutputError(UserError, RuntimeError):
     """A previous run stopped half-way; the message says how to resume or redo it."""
 
 
-class StaleOutputError(RuntimeError):
+class StaleOutputError(UserError, RuntimeError):
     """An output (or half-written output) was made from other sources or options than the current ones."""
 
 
@@ -84,8 +85,8 @@ def _existing_is_current(output: Path, manifest: Dict, overwrite: bool, partial:
     if overwrite:
         return False
     if not reuse:
-        raise FileExistsError(f'{output} already exists and is left untouched; pass overwrite=True '
-                              f'(--overwrite) to move it aside and build it again')
+        raise OutputExistsError(f'{output} already exists and is left untouched; pass overwrite=True '
+                                f'(--overwrite) to move it aside and build it again')
     old = read_manifest(output)
     difference = None if old is None else describe_difference(old, manifest)
     if partial == 'redo' and difference != '':

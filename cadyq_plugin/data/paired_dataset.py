@@ -26,12 +26,16 @@ from basicsr.utils import FileClient, bgr2ycbcr, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torchvision.transforms.functional import normalize
 
+from cadyq_plugin.errors import UserError
+
 logger = logging.getLogger('basicsr')
 
 MAX_SKIPS = 50  # consecutive bad samples tried before a 'skip' dataset gives up
+BAD_SAMPLE_POLICIES = ('raise', 'skip')
+OPTION_KEYS = ('on_bad_sample',)  # read beyond what BasicSR's PairedImageDataset reads
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A sample (or a whole dataset) that cannot be read; the message names the dataset and the key."""
 
 
@@ -42,7 +46,7 @@ class CADyQPairedImageDataset(PairedImageDataset):
     def __init__(self, opt):
         self.name = opt.get('name', opt.get('phase', 'dataset'))
         self.on_bad_sample = opt.get('on_bad_sample', 'raise')
-        if self.on_bad_sample not in ('raise', 'skip'):
+        if self.on_bad_sample not in BAD_SAMPLE_POLICIES:
             raise DataError(f"dataset {self.name!r}: on_bad_sample must be 'raise' or 'skip', got "
                             f'{self.on_bad_sample!r}')
         try:

@@ -18,14 +18,16 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 
 import torch
 
+from cadyq_plugin.errors import InputError
+
 Box = Tuple[int, int, int, int]
 
 
 def _check_tiling(patch: int, step: int) -> None:
     if not (isinstance(patch, numbers.Integral) and isinstance(step, numbers.Integral)) or patch < 1 or step < 1:
-        raise ValueError(f'patch and step must be positive integers, got patch={patch!r}, step={step!r}')
+        raise InputError(f'patch and step must be positive integers, got patch={patch!r}, step={step!r}')
     if step > patch:
-        raise ValueError(f'step ({step}) must not exceed patch ({patch}): the centre crops would leave gaps')
+        raise InputError(f'step ({step}) must not exceed patch ({patch}): the centre crops would leave gaps')
 
 
 def patch_starts(size: int, patch: int, step: int) -> List[int]:
@@ -74,7 +76,7 @@ def iter_patch_batches(lq: torch.Tensor, patch: int, step: int,
     views of ``lq`` are held until a batch is stacked.
     """
     if not isinstance(batch, numbers.Integral) or batch < 1:
-        raise ValueError(f'batch must be a positive integer, got {batch!r}')
+        raise InputError(f'batch must be a positive integer, got {batch!r}')
     pending: Dict[Tuple[int, int], List[Tuple[int, Box, torch.Tensor]]] = {}
     for index, box, view in iter_patches(lq, patch, step):
         group = pending.setdefault(tuple(view.shape[2:]), [])

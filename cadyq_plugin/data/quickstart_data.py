@@ -25,6 +25,7 @@ from cadyq_plugin.data.manifest import make_manifest
 from cadyq_plugin.data.outputs import build_output
 from cadyq_plugin.data.subimages import extract_subimages
 from cadyq_plugin.data.transforms import mod_crop
+from cadyq_plugin.errors import InputError
 
 TRAIN_PHOTOS: Tuple[Tuple[str, Callable[[], np.ndarray]], ...] = (
     ('astronaut', skdata.astronaut),
@@ -90,7 +91,7 @@ def build_quickstart_data(root: PathLike, scale: int = 4, crop_size: int = 192, 
         ``io_backend: {type: lmdb}``, ``val_gt``/``val_lq`` folders for ``filename_tmpl: '{}'``.
     """
     if crop_size % scale or step % scale:
-        raise ValueError(f'crop_size {crop_size} and step {step} must be divisible by the scale {scale}')
+        raise InputError(f'crop_size {crop_size} and step {step} must be divisible by the scale {scale}')
     out = quickstart_paths(root, scale)
     safety = dict(overwrite=overwrite, partial=partial, reuse=True)
     _write_photos(out['train_hr'], TRAIN_PHOTOS, scale, None, **safety)

@@ -16,12 +16,13 @@ from cadyq_plugin.data.image_io import PathLike, list_images, read_image, write_
 from cadyq_plugin.data.manifest import make_manifest
 from cadyq_plugin.data.outputs import build_output
 from cadyq_plugin.data.transforms import mod_crop
+from cadyq_plugin.errors import InputError
 
 
 def crop_positions(size: int, crop_size: int, step: int, thresh_size: int = 0) -> List[int]:
     """Start offsets of the crops along one axis; an axis shorter than ``crop_size`` gives one crop at 0."""
     if crop_size < 1 or step < 1 or thresh_size < 0:
-        raise ValueError(f'need crop_size >= 1, step >= 1, thresh_size >= 0; got {crop_size}, {step}, {thresh_size}')
+        raise InputError(f'need crop_size >= 1, step >= 1, thresh_size >= 0; got {crop_size}, {step}, {thresh_size}')
     if size <= crop_size:
         return [0]
     positions = list(range(0, size - crop_size + 1, step))
@@ -53,7 +54,7 @@ def extract_subimages(input_folder: PathLike, save_folder: PathLike, crop_size: 
     for path in paths:
         base = subimage_base(path.stem, strip_suffix)
         if base in bases:
-            raise ValueError(f'{path} and {bases[base]} would both give sub-images named {base}_s*.png')
+            raise InputError(f'{path} and {bases[base]} would both give sub-images named {base}_s*.png')
         bases[base] = path
 
     def write(staging):

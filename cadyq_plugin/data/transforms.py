@@ -4,14 +4,16 @@ import numpy as np
 import cadyq_plugin  # noqa: F401  (compat shim before basicsr)
 from basicsr.utils.matlab_functions import imresize
 
+from cadyq_plugin.errors import InputError
+
 
 def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:
     """Crop the bottom/right so both sides are multiples of ``scale`` (keeps the top-left, like BasicSR/MATLAB)."""
     if scale < 1:
-        raise ValueError(f'scale must be a positive integer, got {scale}')
+        raise InputError(f'scale must be a positive integer, got {scale}')
     h, w = img.shape[:2]
     if h < scale or w < scale:
-        raise ValueError(f'image of size {h}x{w} is smaller than the scale {scale}')
+        raise InputError(f'image of size {h}x{w} is smaller than the scale {scale}')
     return img[:h - h % scale, :w - w % scale, ...]
 
 

@@ -5,6 +5,8 @@ an image is a list of them (one per patch in patch-wise inference, one for image
 """
 from basicsr.utils.registry import METRIC_REGISTRY
 
+BIT_RECORD_METRICS = ('calculate_avg_bit', 'calculate_bitops')  # they read the bit record of a CADyQ model
+
 
 def layer_bitops(layer, selector_bits=None, fab=None):
     """FP32-equivalent MACs of one layer: ``MACs * (w_bits / 32) * (a_bits / 32)``, FP layers at full cost.

@@ -7,9 +7,13 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from mmengine.dist import all_reduce
 
-from cadyq_plugin.metrics.budget import BitBudget
-from cadyq_plugin.models.budget_report import BudgetReport, budget_spec
+from cadyq_plugin.budget.report import BudgetReport
+from cadyq_plugin.budget.target import BitBudget, budget_spec
 from cadyq_plugin.models.sr_model import CADyQSRModel
+from cadyq_plugin.quant import BitSelector
+
+# The option keys read here beyond CADyQSRModel, by section ('' is the top level; the options check accepts them)
+OPTION_KEYS = {'': ('network_t',), 'train': ('kd_opt', 'bit_opt'), 'val': ('target_fab', 'target_bitops')}
 
 
 @MODEL_REGISTRY.register()
@@ -19,9 +23,10 @@ class CADyQModel(CADyQSRModel):
     Options beyond CADyQSRModel's: ``network_t`` + ``path.pretrain_network_t`` (the frozen teacher, always in
     eval mode, never wrapped in DDP, never saved), ``train.kd_opt`` (ATLoss on the body output and the block
     features) and ``train.bit_opt`` (BitLoss on the per-sample weighted bits). A bit budget (``train.bit_opt.
-    target_fab`` / ``target_bitops``) is steered here: every iteration the global batch's mean bit (averaged over
-    ranks) updates the bit loss's controller, whose state goes into the training state; validation and the results
-    tables report the budget (``val.target_fab`` / ``val.target_bitops`` in a test options file).
+    target_fab`` / ``target_bitops``) replaces the bit loss and is held here: every iteration the global batch's mean
+    bit (averaged over ranks) updates the budget's price (:mod:`cadyq_plugin.budget.controller`), which is applied
+    to the selectors' biases after the step and whose state goes into the training state; validation and the
+    results tables report the budget (``val.target_fab`` / ``val.target_bitops`` in a test options file).
     """
 
     def __init__(self, opt):
@@ -31,12 +36,13 @@ class CADyQModel(CADyQSRModel):
         self.bit_budget = BitBudget.of_network(*spec, self.get_bare_model(self.net_g)) if spec else None
         self.budget_report = BudgetReport(self.bit_budget, (opt.get('val') or {}).get('metrics')) if spec else None
         if spec and opt['is_train']:
+            self.prepare_price()
             get_root_logger().info(
                 f'Bit budget: {self.bit_budget.name} {self.bit_budget.target:g} (mean bit '
-                f'{self.bit_budget.target_bit:.4f}); the bit-loss weight is steered, growth/growth_every unused')
+                f'{self.bit_budget.target_bit:.4f}), held by a price on the selectors\' logits; no bit loss')
 
     def _build_teacher(self, opt):
-        from cadyq_plugin.config_check import teacher_mismatches
+        from cadyq_plugin.archs.network_options import teacher_mismatches
         problems = teacher_mismatches(opt['network_g'], opt['network_t'])
         if problems:
             raise ValueError('the teacher does not fit the student: ' + '; '.join(problems))
@@ -54,10 +60,25 @@ class CADyQModel(CADyQSRModel):
         train_opt = self.opt['train']
         self.cri_kd = build_loss(train_opt['kd_opt']).to(self.device) if train_opt.get('kd_opt') else None
         self.cri_bit = build_loss(train_opt['bit_opt']).to(self.device) if train_opt.get('bit_opt') else None
+        self._price_step = None
         super().init_training_settings()
 
+    def prepare_price(self):
+        """What the budget's price works on, made on the network's device (again after the network moves): each
+        selector's bias (in selector order), ``[n_selectors, n_candidates]`` the cost of each candidate, the target
+        in the user's unit and the controller's state."""
+        selectors = sorted((m for m in self.get_bare_model(self.net_g).modules() if isinstance(m, BitSelector)),
+                           key=lambda m: m.index)
+        self._selector_biases = [m.fc.bias for m in selectors]
+        self.bit_budget.to(self.device)
+        self._candidate_costs = self.bit_budget.candidate_costs(selectors[0].bit_values)
+        self._target_value = torch.tensor(self.bit_budget.target, device=self.device)
+        controller = self._controller()
+        controller.running, controller.price = controller.running.to(self.device), controller.price.to(self.device)
+
     def compute_losses(self, aux, current_iter, loss_dict):
-        """Pixel loss + ``l_kd`` (attention transfer from the teacher) + ``l_bit`` (bit loss, cadyq mode)."""
+        """Pixel loss + ``l_kd`` (attention transfer from the teacher) + ``l_bit`` (bit loss, cadyq mode; with a
+        bit budget no loss: the budget's price is updated instead, :meth:`_steer_budget`)."""
         l_total = super().compute_losses(aux, current_iter, loss_dict)
         if self.cri_kd and self.net_t is not None:
             with torch.no_grad():
@@ -65,22 +86,36 @@ class CADyQModel(CADyQSRModel):
             loss_dict['l_kd'] = self.cri_kd(aux['body'], aux_t['body'], aux['feats'], aux_t['feats'])
             l_total = l_total + loss_dict['l_kd']
         if self.cri_bit and aux['bits'].shape[1]:
-            weighted = self._steer_budget(aux, loss_dict) if self.bit_budget is not None else aux['weighted_bits']
-            loss_dict['l_bit'] = self.cri_bit(weighted, current_iter)
-            l_total = l_total + loss_dict['l_bit']
+            if self.bit_budget is not None:
+                self._steer_budget(aux, loss_dict)
+            else:
+                loss_dict['l_bit'] = self.cri_bit(aux['weighted_bits'], current_iter)
+                l_total = l_total + loss_dict['l_bit']
         return l_total
 
+    def optimize_parameters(self, current_iter):
+        """The step, then the budget's price change of this iteration applied to the selectors' biases."""
+        super().optimize_parameters(current_iter)
+        self._apply_price()
+
+    def _apply_price(self):
+        """Shift each selector's bias by minus the price change times its candidates' costs (one fused add)."""
+        if self._price_step is None:
+            return
+        with torch.no_grad():
+            torch._foreach_sub_(self._selector_biases, list((self._price_step * self._candidate_costs).unbind(0)))
+        self._price_step = None
+
     def _steer_budget(self, aux, loss_dict):
-        """Update the controller with the global batch's mean bit; log target, running value and weight (in the
-        budget's unit); return the per-sample weighted bits it penalises."""
-        budget = self.bit_budget
+        """Update the price with the global batch's mean bit (on the device: nothing waits for it); log target,
+        running value (in the budget's unit) and price."""
+        budget, controller = self.bit_budget, self.cri_bit.controller
         measured = budget.mean_bit(aux['bits'].detach())
         all_reduce(measured, op='mean')  # every rank steers by the same global batch
-        weight = self.cri_bit.steer(measured.item() - budget.target_bit)
-        running = budget.to_user(budget.target_bit + self.cri_bit.controller.running)
-        for key, value in ((budget.name, budget.target), (f'running_{budget.kind}', running), ('w_bit', weight)):
-            loss_dict[key] = torch.tensor(value, device=measured.device)
-        return budget.weighted_bits(aux)
+        self._price_step = controller.update(measured - budget.target_bit)
+        loss_dict[budget.name] = self._target_value.clone()  # logged copies: a logger may accumulate in place
+        loss_dict[f'running_{budget.kind}'] = budget.to_user(controller.running + budget.target_bit)
+        loss_dict['bit_price'] = controller.price.clone()
 
     # ----------------------------------------------------------------- training state
     def training_state_extras(self):
@@ -93,7 +128,7 @@ class CADyQModel(CADyQSRModel):
     def load_training_state_extras(self, extras):
         super().load_training_state_extras(extras)
         if self._controller() is not None and 'bit_budget' in extras:
-            self._controller().load_state_dict(extras['bit_budget'])
+            self._controller().load_state_dict(extras['bit_budget'], device=self.device)
 
     def _controller(self):
         cri_bit = getattr(self, 'cri_bit', None)

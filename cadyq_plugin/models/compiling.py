@@ -21,11 +21,14 @@ import traceback
 import torch
 from basicsr.utils import get_root_logger
 
+from cadyq_plugin.errors import UserError
+
 COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+OPTION_KEYS = {'train': ('compile',), 'val': ('compile',)}  # by section (the options check accepts them)
 DEFAULTS = {('train', 'cuda'): True, ('train', 'cpu'): False, ('val', 'cuda'): False, ('val', 'cpu'): False}
 
 
-class NetworkCompileError(RuntimeError):
+class NetworkCompileError(UserError, RuntimeError):
     """torch.compile could not compile a network of the run (the message names it and the cause)."""
 
 

@@ -55,6 +55,9 @@ from cadyq_plugin.reporting import (log_bit_histograms, log_bit_map, render_bit_
                                     write_results_table)
 from cadyq_plugin.resume import STATE_KEY, gather_rng_states, preserved_rng_state
 
+# The option keys read here beyond BasicSR's SRModel, by section (the options check accepts them)
+OPTION_KEYS = {'train': ('optim_alpha', 'optim_selector', 'max_bad_steps'), 'val': ('patchwise', 'tb_bit_maps')}
+
 
 @MODEL_REGISTRY.register()
 class CADyQSRModel(SRModel):

@@ -26,10 +26,12 @@ import math
 import torch
 from mmengine.dist import all_reduce
 
+from cadyq_plugin.errors import UserError
+
 DEFAULT_MAX_BAD_STEPS = 10
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(UserError, RuntimeError):
     """Training stopped after ``max_bad_steps`` consecutive non-finite steps."""
 
 

@@ -7,13 +7,16 @@ import torch.nn.functional as F
 
 from cadyq_plugin.quant.act_quant import PAMSQuant, calibrate, chosen_value, levels, mixture_gradients
 
+CANDIDATE_BITS = (2, 8)  # the lowest and highest candidate bit-width a selector may hold
+
 
 def check_candidate_bits(bits):
     """Validate a candidate list: sorted, distinct integers in 2..8, at least two of them."""
+    low, high = CANDIDATE_BITS
     values = list(bits) if isinstance(bits, (list, tuple)) else None
     if (values is None or len(values) < 2 or any(isinstance(b, bool) or not isinstance(b, int) for b in values)
-            or any(not 2 <= b <= 8 for b in values) or values != sorted(set(values))):
-        raise ValueError(f'candidate bits must be a sorted list of at least 2 distinct integers in 2..8, '
+            or any(not low <= b <= high for b in values) or values != sorted(set(values))):
+        raise ValueError(f'candidate bits must be a sorted list of at least 2 distinct integers in {low}..{high}, '
                          f'got {bits!r}')
     return values
 

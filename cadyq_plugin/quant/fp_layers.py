@@ -13,11 +13,14 @@ import torch.nn as nn
 from cadyq_plugin.quant.act_quant import PAMSQuant
 from cadyq_plugin.quant.weight_quant import QConv2d, QConvTranspose2d, WeightQuantized
 
+FP_LAYER_BITS = (2, 8)  # the range of fp_layer_bits
+
 
 def check_fp_layer_bits(bits):
     """``None`` (FP layers stay full precision) or an integer in 2..8."""
-    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8):
-        raise ValueError(f'fp_layer_bits must be null (FP layers stay full precision) or an integer in 2..8, '
+    low, high = FP_LAYER_BITS
+    if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not low <= bits <= high):
+        raise ValueError(f'fp_layer_bits must be null (FP layers stay full precision) or an integer in {low}..{high}, '
                          f'got {bits!r}')
     return bits
 

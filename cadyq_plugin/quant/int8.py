@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from cadyq_plugin.errors import UserError
 from cadyq_plugin.quant.act_quant import rounded_level
 from cadyq_plugin.quant.int8_lazy import (MAGIC, ZERO_POINT, ConvOutput, OneDNNConv, QuantizedActivation,
                                           round_to_codes, shuffle_float)
@@ -29,7 +30,7 @@ BACKENDS = ('fake', 'int8')
 _X86 = ('x86_64', 'amd64', 'i386', 'i686', 'x86')
 
 
-class Int8BackendError(RuntimeError):
+class Int8BackendError(UserError, RuntimeError):
     """The int8 backend cannot run here (no x86 oneDNN int8 convolution, or a CUDA tensor)."""
 
 

@@ -196,10 +196,14 @@ class ConvOutput(LazyActivation):
             return None
         scales, bias, ops = self._folded()
         bound, level_max = float(alpha.detach()), float(q)
+        codes = None
         if not ops or (len(ops) == 1 and ops[0][0] == 'relu'):
             low = 0.0 if ops else -bound
-            codes = self.call.run(scales, bias, torch.uint8, bound / level_max, 'hardtanh', (low, bound))
-        else:
+            try:
+                codes = self.call.run(scales, bias, torch.uint8, bound / level_max, 'hardtanh', (low, bound))
+            except RuntimeError:  # oneDNN declines the fused clip for some convolutions: requantize the float output
+                codes = None
+        if codes is None:
             out = self.call.run(scales, bias)
             _apply_in_place(out, ops)
             codes = round_to_codes(out, alpha, q)[0]

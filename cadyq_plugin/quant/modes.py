@@ -9,6 +9,7 @@ from cadyq_plugin.quant.int8 import Int8ConvKernel, check_backend, quantize_to_c
 from cadyq_plugin.quant.weight_quant import QConv2d, WeightQuantized
 
 QUANT_MODES = ('fp', 'pams', 'cadyq')
+FIXED_BITS = (2, 32)  # the range of w_bits and a_bits
 
 
 class ActQuantFactory:
@@ -28,8 +29,8 @@ class ActQuantFactory:
         if quant_mode not in QUANT_MODES:
             raise ValueError(f'quant_mode must be one of {QUANT_MODES}, got {quant_mode!r}')
         for name, value in (('w_bits', w_bits), ('a_bits', a_bits)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 32:
-                raise ValueError(f'{name} must be an integer in 2..32, got {value!r}')
+            if isinstance(value, bool) or not isinstance(value, int) or not FIXED_BITS[0] <= value <= FIXED_BITS[1]:
+                raise ValueError(f'{name} must be an integer in {FIXED_BITS[0]}..{FIXED_BITS[1]}, got {value!r}')
         self.mode = quant_mode
         self.w_bits = w_bits
         self.a_bits = a_bits

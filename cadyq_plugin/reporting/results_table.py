@@ -11,7 +11,7 @@ import os
 import tempfile
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from cadyq_plugin.metrics.budget import BITOPS_KEY, BUDGET_HR_SIZE
+from cadyq_plugin.budget.target import BITOPS_KEY, BUDGET_HR_SIZE
 
 # metric key -> (column header, decimals); the column order of the tables
 COLUMNS: Dict[str, Tuple[str, int]] = {

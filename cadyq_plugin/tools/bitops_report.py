@@ -3,8 +3,10 @@
 import argparse
 import sys
 
+from cadyq_plugin.errors import UserError
 
-class BitopsError(ValueError):
+
+class BitopsError(UserError, ValueError):
     """A request the report cannot answer; the message names the value and what was expected."""
 
 

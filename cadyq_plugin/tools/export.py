@@ -12,8 +12,9 @@ import argparse
 import os
 import sys
 
+from cadyq_plugin.errors import InputError, OutputExistsError, UserError
 from cadyq_plugin.tools.infer import input_images, read_lr
-from cadyq_plugin.tools.network_args import USER_ERRORS, add_network_args, build_loaded_network, network_options
+from cadyq_plugin.tools.network_args import add_network_args, build_loaded_network, network_options
 
 
 def build_parser():
@@ -41,18 +42,18 @@ def conv_sizes(net):
 def run(args):
     targets = [path for path in (args.out, args.onnx) if path]
     if not targets:
-        raise ValueError('nothing to write: give OUT.pth and/or --onnx OUT.onnx')
+        raise InputError('nothing to write: give OUT.pth and/or --onnx OUT.onnx')
     if args.qlinear and not args.onnx:
-        raise ValueError('--qlinear shapes the ONNX graph: give --onnx OUT.onnx')
+        raise InputError('--qlinear shapes the ONNX graph: give --onnx OUT.onnx')
     if not args.overwrite:
         for path in targets:
             if os.path.exists(path):
-                raise FileExistsError(f'{path} exists; pass --overwrite to replace it')
+                raise OutputExistsError(f'{path} exists; pass --overwrite to replace it')
     calibration = input_images(args.calibrate) if args.calibrate else None  # unreadable images: refused now
     from cadyq_plugin.deploy import calibrate_fp_layers, fp_layer_range_keys
     net_opt = network_options(args, 'int8')
     if calibration is not None and not net_opt.get('fp_layer_bits'):
-        raise ValueError('--calibrate sets the input ranges of 8-bit FP layers: give --fp-layer-bits 8 (or '
+        raise InputError('--calibrate sets the input ranges of 8-bit FP layers: give --fp-layer-bits 8 (or '
                          'network_g.fp_layer_bits)')
     net = build_loaded_network(net_opt, args.model, fp_layer_range_keys if calibration is not None else None)
     if calibration is not None:
@@ -70,7 +71,7 @@ def run(args):
             import onnxruntime  # noqa: F401  (the graph is for it; fail before the export if it is missing)
             import onnxscript  # noqa: F401
         except ImportError as err:
-            raise ValueError(f'--onnx needs the onnx extra ({err.name} is missing): pip install -e .[onnx]') from err
+            raise InputError(f'--onnx needs the onnx extra ({err.name} is missing): pip install -e .[onnx]') from err
         from cadyq_plugin.deploy import export_onnx
         count = export_onnx(net, args.onnx, qlinear=args.qlinear)
         qlinear = f', batch 1, {count} QLinearConv' if args.qlinear else ''
@@ -78,12 +79,10 @@ def run(args):
 
 
 def main(argv):
-    from cadyq_plugin.data.image_io import ImageReadError
-    from cadyq_plugin.quant.int8 import Int8BackendError
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except USER_ERRORS + (ImageReadError, Int8BackendError, FileExistsError, FileNotFoundError, ValueError) as err:
+    except UserError as err:
         print(f'basicsr export: {err}', file=sys.stderr)
         return 1
     return 0

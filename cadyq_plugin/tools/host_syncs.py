@@ -138,13 +138,15 @@ def stage_model(stage, workdir, network=TINY_NET, calib_iters=1, print_freq=1000
 def move_model(model, device):
     """Put a training model's networks on ``device`` and remake its optimizers there (inside ``FakeTensorMode``,
     for a model built outside it, this gives a model on fake CUDA). Its schedulers are dropped: the steps run
-    here keep the learning rate."""
+    here keep the learning rate; a bit budget's price state moves with them."""
     model.device = device
     model.net_g.to(model.device)
     if getattr(model, 'net_t', None) is not None:
         model.net_t.to(model.device)
     model.optimizers, model.schedulers = [], []
     model.setup_optimizers()
+    if getattr(model, 'bit_budget', None) is not None:
+        model.prepare_price()  # the budget's price and costs follow the network
     return model
 
 

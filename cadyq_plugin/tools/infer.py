@@ -11,7 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from cadyq_plugin.tools.network_args import USER_ERRORS, add_network_args, build_loaded_network, network_options
+from cadyq_plugin.errors import InputError, OutputExistsError, UserError
+from cadyq_plugin.tools.network_args import add_network_args, build_loaded_network, network_options
 
 
 def build_parser():
@@ -40,11 +41,11 @@ def choose_device(requested, backend):
     try:
         device = torch.device(requested)
     except RuntimeError as err:
-        raise ValueError(f'--device {requested!r}: not a device ({err})') from err
+        raise InputError(f'--device {requested!r}: not a device ({err})') from err
     if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'--device {requested}: no CUDA GPU is visible here; use --device cpu')
+        raise InputError(f'--device {requested}: no CUDA GPU is visible here; use --device cpu')
     if device.type != 'cpu' and backend == 'int8':
-        raise ValueError(f'--device {requested} with --backend int8: the int8 backend runs on x86 CPUs only; use '
+        raise InputError(f'--device {requested} with --backend int8: the int8 backend runs on x86 CPUs only; use '
                          '--backend fake on a GPU, or --device cpu')
     return device
 
@@ -71,7 +72,7 @@ def patchwise_options(args):
     """``{patch, step, batch}`` from the flags (tiling errors are raised by the tiling itself), or None."""
     if args.patch is None:
         if args.step is not None:
-            raise ValueError('--step needs --patch')
+            raise InputError('--step needs --patch')
         return None
     return {'patch': args.patch, 'step': args.patch - 6 if args.step is None else args.step, 'batch': args.batch}
 
@@ -88,7 +89,7 @@ def run(args):
     if not args.overwrite:
         existing = [str(p) for sr in sr_paths.values() for p in (sr, bit_map_path(sr)) if p.exists()]
         if existing:
-            raise FileExistsError(f'{existing[0]} exists ({len(existing)} of the outputs do); pass --overwrite to '
+            raise OutputExistsError(f'{existing[0]} exists ({len(existing)} of the outputs do); pass --overwrite to '
                                   'replace them')
     patchwise = patchwise_options(args)
     net_opt = network_options(args, args.backend)
@@ -110,12 +111,10 @@ def run(args):
 
 
 def main(argv):
-    from cadyq_plugin.data.image_io import ImageReadError
-    from cadyq_plugin.quant.int8 import Int8BackendError
     args = build_parser().parse_args(argv)
     try:
         count = run(args)
-    except USER_ERRORS + (ImageReadError, Int8BackendError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except UserError as err:
         print(f'basicsr infer: {err}', file=sys.stderr)
         return 1
     print(f'basicsr infer: {count} image{"s" if count != 1 else ""} written to {args.output}')

@@ -128,12 +128,12 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     from cadyq_plugin.tools.infer import input_images, read_lr
-    torch.set_grad_enabled(False)
-    reference = float_state_dict(args.arch, args.quant_mode, None, args.model)
-    qat = float_state_dict(args.arch, args.quant_mode, 8, args.qat) if args.qat else None
-    photos = [held_out_photo(name, args.size, 4) for name in HELD_OUT]
-    calibration = [read_lr(path) for path in input_images(args.calibrate)]
-    rows = accuracy_rows(args.arch, args.quant_mode, reference, photos, calibration, qat)
+    with torch.no_grad():  # not set_grad_enabled: main runs in the caller's process (basicsr, tests)
+        reference = float_state_dict(args.arch, args.quant_mode, None, args.model)
+        qat = float_state_dict(args.arch, args.quant_mode, 8, args.qat) if args.qat else None
+        photos = [held_out_photo(name, args.size, 4) for name in HELD_OUT]
+        calibration = [read_lr(path) for path in input_images(args.calibrate)]
+        rows = accuracy_rows(args.arch, args.quant_mode, reference, photos, calibration, qat)
     print(f'{args.arch} ({args.quant_mode}) on {len(photos)} held-out photos (HR {args.size} crops, Y-channel '
           f'PSNR/SSIM, border 4); post-training calibration on {len(calibration)} images of {args.calibrate}')
     print(format_rows(rows))

@@ -2,12 +2,11 @@
 for the network options, ``--model`` for its weights."""
 import argparse
 
-from cadyq_plugin.checkpoint import CheckpointError
-from cadyq_plugin.config_check import ConfigError
+from cadyq_plugin.errors import InputError
 from cadyq_plugin.options import read_yml
 
 
-class NetworkArgError(ValueError):
+class NetworkArgError(InputError):
     """A network option or checkpoint the command cannot use; the message names the option, file or value."""
 
 
@@ -61,5 +60,3 @@ def build_loaded_network(net_opt, model_path, missing_ok=None):
     load_weights(net, model_path, missing_ok(net) if missing_ok else ())
     return net.eval()
 
-
-USER_ERRORS = (NetworkArgError, ConfigError, CheckpointError)

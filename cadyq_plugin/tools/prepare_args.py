@@ -3,10 +3,8 @@ import argparse
 import logging
 from typing import Callable, Dict, Optional, Sequence
 
-from cadyq_plugin.data.image_io import ImageReadError
-from cadyq_plugin.data.outputs import PartialOutputError, StaleOutputError
+from cadyq_plugin.errors import InputError, UserError
 
-USER_ERRORS = (FileExistsError, FileNotFoundError, PartialOutputError, StaleOutputError, ImageReadError, ValueError)
 INTERRUPTED = 130  # the shell's status for a command ended by SIGINT
 
 
@@ -32,11 +30,11 @@ def parse_mapping(items: Optional[Sequence[str]], what: str, key_type: Callable 
     for item in items or []:
         key, sep, value = item.partition('=')
         if not sep or not key or not value:
-            raise ValueError(f'{what}: expected KEY=PATH, got {item!r}')
+            raise InputError(f'{what}: expected KEY=PATH, got {item!r}')
         try:
             mapping[key_type(key)] = value
         except ValueError as err:
-            raise ValueError(f'{what}: bad key in {item!r} ({err})') from err
+            raise InputError(f'{what}: bad key in {item!r} ({err})') from err
     return mapping
 
 
@@ -48,7 +46,7 @@ def run(parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], ob
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
     try:
         result = main(args)
-    except USER_ERRORS as err:
+    except UserError as err:
         parser.exit(2, f'{parser.prog}: error: {err}\n')
     except KeyboardInterrupt as err:
         partial = getattr(err, 'partial', None)

@@ -15,6 +15,7 @@ import re
 import sys
 import time
 
+from cadyq_plugin.errors import UserError
 from cadyq_plugin.tools.derive_options import derive_options, load_options
 from cadyq_plugin.tools.logged_run import run_logged
 
@@ -33,7 +34,7 @@ PROGRESS_LINES = 10  # progress lines per training stage
 _ITER_LINE = re.compile(r'\biter:\s*(\d+),.*\[eta: ([^,\]]+)')
 
 
-class QuickstartError(RuntimeError):
+class QuickstartError(UserError, RuntimeError):
     """A quickstart step failed; the message names the command and its log."""
 
 

@@ -1,6 +1,6 @@
 """A bit budget resolved against one network: a target FAB, or a target BitOPs at a 1280x720 output.
 
-Both are budgets on a weighted mean of the selectors' bits, which is what the bit-loss controller steers: FAB
+Both are budgets on a weighted mean of the selectors' bits, which is what the budget's price controller steers: FAB
 weighs every selector alike (docs/method.md#fab-and-bitops); BitOPs are linear in each selector's bit (:func:`bitops_per_bit`), so a
 BitOPs target is a target on the mean bit weighted by each selector's BitOPs per bit (its MACs x w_bits / 32^2).
 The two differ when the selectors' layers differ in MACs (IDN: its 48->32 grouped convs cost an eighth of its
@@ -50,6 +50,11 @@ class BitBudget:
         self.selector_weights = torch.tensor([c * n_selectors / total for c in costs], device='cpu')  # mean 1
         self.target_bit = self.from_user(self.target)
 
+    def to(self, device):
+        """Keep the per-selector tensors on ``device`` (the network's), so a training step copies nothing."""
+        self.selector_weights = self.selector_weights.to(device)
+        return self
+
     @classmethod
     def of_network(cls, kind, target, net):
         """The budget of a CADyQ arch instance (any device, ``meta`` included)."""
@@ -62,33 +67,27 @@ class BitBudget:
 
     def mean_bit(self, bits):
         """The steered mean bit of ``bits`` [..., n_selectors] (mean over all leading dims): FAB for a FAB budget,
-        the BitOPs-weighted mean bit for a BitOPs budget."""
+        the BitOPs-weighted mean bit for a BitOPs budget (``bits`` on the device given to :meth:`to`)."""
         bits = bits.float()
         if self.kind == 'fab':
             return bits.mean()
-        return (bits @ self.selector_weights.to(bits.device)).mean() / bits.shape[-1]
+        return (bits @ self.selector_weights).mean() / bits.shape[-1]
 
-    def weighted_bits(self, aux):
-        """``[B]`` what the bit loss penalises: the reference ``weighted_bits`` for a FAB budget; for a BitOPs
-        budget each selector's term ``b / E_p[b]`` weighted by its BitOPs (the gradient of the BitOPs)."""
-        if self.kind == 'fab':
-            return aux['weighted_bits']
-        terms = aux['selector_weighted_bits']
-        return terms @ self.selector_weights.to(terms.device)
+    def candidate_costs(self, candidates):
+        """``[n_selectors, n_candidates]`` what each selector's candidate costs in the budget's mean bit: its bit
+        times the selector's weight (1 for FAB, its BitOPs per bit, normalised to mean 1, for BitOPs)."""
+        return self.selector_weights[:, None] * candidates.to(self.selector_weights)[None, :]
 
     def to_user(self, mean_bit):
-        """A steered mean bit in the user's unit: itself (FAB) or G BitOPs at :data:`BUDGET_HR_SIZE`."""
-        return float(mean_bit) if self.kind == 'fab' else self.bitops(mean_bit)
+        """A steered mean bit (a number or a tensor, kept on its device) in the user's unit: itself (FAB) or G
+        BitOPs at :data:`BUDGET_HR_SIZE` (linear in it: ``base + slope_sum * mean_bit``)."""
+        return mean_bit if self.kind == 'fab' else (self.base + self.slope_sum * mean_bit) / 1e9
 
     def from_user(self, value):
         """Inverse of :meth:`to_user`: the mean bit at which the budget's measure equals ``value``."""
         if self.kind == 'fab':
             return float(value)
         return (float(value) * 1e9 - self.base) / self.slope_sum
-
-    def bitops(self, mean_bit):
-        """G BitOPs at :data:`BUDGET_HR_SIZE` of a BitOPs-weighted mean bit (every selector at it, by linearity)."""
-        return forward_bitops(self.layers, fab=float(mean_bit)) / 1e9
 
     def bitops_of(self, bits):
         """G BitOPs at :data:`BUDGET_HR_SIZE` of ``bits`` [..., n_selectors], each selector at its mean bit."""
@@ -99,3 +98,13 @@ class BitBudget:
         must lie strictly inside (at an end the selectors can only all sit at that candidate)."""
         low, high = min(self.bits), max(self.bits)
         return (self.to_user(low), self.to_user(high)) if self.kind == 'bitops' else (float(low), float(high))
+
+
+def budget_spec(opt):
+    """``(kind, target)`` of the run's budget (``fab`` or ``bitops``), or None."""
+    section = (opt.get('train') or {}).get('bit_opt') if opt['is_train'] else opt.get('val')
+    for kind in ('fab', 'bitops'):
+        value = (section or {}).get(f'target_{kind}')
+        if value is not None:
+            return kind, value
+    return None

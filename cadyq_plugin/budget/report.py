@@ -9,17 +9,7 @@ passes; the BitOPs metric itself counts the images' own sizes, which a target at
 from basicsr.utils import get_root_logger
 
 from cadyq_plugin.metrics import calculate_avg_bit
-from cadyq_plugin.metrics.budget import BITOPS_KEY, BUDGET_HR_SIZE
-
-
-def budget_spec(opt):
-    """``(kind, target)`` of the run's budget (``fab`` or ``bitops``), or None."""
-    section = (opt.get('train') or {}).get('bit_opt') if opt['is_train'] else opt.get('val')
-    for kind in ('fab', 'bitops'):
-        value = (section or {}).get(f'target_{kind}')
-        if value is not None:
-            return kind, value
-    return None
+from cadyq_plugin.budget.target import BITOPS_KEY, BUDGET_HR_SIZE
 
 
 def image_fab(bits):
@@ -32,7 +22,7 @@ def _metric_name(metrics_opt, metric_type):
 
 
 class BudgetReport:
-    """Reports one :class:`~cadyq_plugin.metrics.budget.BitBudget` for validation rows (one per image, with
+    """Reports one :class:`~cadyq_plugin.budget.target.BitBudget` for validation rows (one per image, with
     ``bits``).
 
     ``key`` is the results column of the budget's measure: the FAB metric's name (``avg_bit`` if none is
