@@ -180,7 +180,7 @@ def test_benchmark_of_an_options_files_network(tmp_path, capsys, monkeypatch):
     from cadyq_plugin.tools.derive_options import derive_options
     opt = tmp_path / 'rcan.yml'
     derive_options(str(REPO / 'options' / 'train_rcan_cadyq.yml'), {
-        'network_g.backbone.num_feat': 8, 'network_g.backbone.num_group': 1, 'network_g.backbone.num_block': 1,
+        'network_g.backbone.num_feat': 16, 'network_g.backbone.num_group': 1, 'network_g.backbone.num_block': 1,
         'network_g.backbone.squeeze_factor': 4}, str(opt))
     monkeypatch.setattr(backend_benchmark, 'SETTINGS', tiny_backend_settings())
     assert cli_main(['benchmark', '--device', 'cpu', '--opt', str(opt), '--batch', '1', '--patch', '16', '--repeats',

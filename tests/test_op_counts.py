@@ -51,7 +51,7 @@ def test_a_selector_costs_the_same_for_any_number_of_candidates():
 
 
 def test_the_benchmark_prints_the_counts_and_step_times(capsys):
-    """``scripts/benchmark.py`` on tiny inputs (one repetition, eager only): the operation counts and the
+    """``basicsr benchmark`` on tiny inputs (one repetition, eager only): the operation counts and the
     training-step line with its ratios."""
     from cadyq_plugin.tools.benchmark import main
     assert main(['--archs', 'CARN_CADyQ', '--batch', '1', '--patch', '16', '--repeats', '1', '--warmup', '0',
