@@ -52,7 +52,7 @@ def _check_roots(dataset, key, check_files, problems):
             problems.add(f'{key}.{root_key}', dataset[root_key], 'expected an existing folder (an LMDB folder)')
         elif backend == 'lmdb' and not os.path.isfile(os.path.join(root, 'meta_info.txt')):
             problems.add(f'{key}.{root_key}', dataset[root_key], 'expected an LMDB folder with meta_info.txt '
-                         '(made by scripts/prepare_*.py or BasicSR\'s create_lmdb)')
+                         '(made by basicsr prepare-div2k or BasicSR\'s create_lmdb)')
         elif not os.path.exists(root):
             problems.add(f'{key}.{root_key}', dataset[root_key], 'expected an existing folder')
 
