@@ -78,7 +78,8 @@ def test_the_code_cites_a_page_for_what_cadyq_computes():
 
 def test_nothing_cites_files_outside_the_repository():
     """A clone has no specification or design file beside it: the project describes itself in docs/."""
-    outside = re.compile(r'SPEC\.md|SPEC §|DESIGN\.md|\.\./shared|shared/reference')
+    beside = 'sha' + 'red'  # the folder beside the checkout, spelt in parts so this file does not cite it
+    outside = re.compile(rf'SPEC\.md|SPEC §|DESIGN\.md|\.\./{beside}|{beside}/reference')
     offenders = []
     for source in [*PAGES, *(ROOT / 'cadyq_plugin').rglob('*.py'), *(ROOT / 'tests').glob('*.py'),
                    *(ROOT / 'options').glob('*.yml')]:
